@@ -1,7 +1,9 @@
 """Generate README.md from nbs/index.ipynb (Quarto, which nbdev_readme needs, cannot be installed here).
 
-Markdown cells are copied, code cells become fenced Python blocks followed by their text output;
-cells marked `#| hide` are left out. `--check` exits 1 when README.md is not current.
+The notebook is first executed in place through a Jupyter kernel (so its tables show the current
+results/), then cleaned with nbdev_clean. Markdown cells are copied, code cells become fenced Python blocks
+followed by their output (Markdown outputs verbatim); cells marked `#| hide` are left out.
+`--check` exits 1 when README.md is not current, without executing anything.
 """
 import argparse, json, sys
 from pathlib import Path
@@ -33,11 +35,22 @@ def render(nb) -> str:
             if out.strip(): blocks.append(out if kind == "md" else f"```\n{out}\n```")
     return "\n\n".join(blocks).rstrip() + "\n"
 
+def execute(nb_path: Path):
+    "Run the notebook in a Jupyter kernel from nbs/, store its outputs, and clean it as nbdev_clean does."
+    import nbformat, subprocess
+    from nbclient import NotebookClient
+    nb = nbformat.read(nb_path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    nbformat.write(nb, nb_path)
+    subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(nb_path)], check=True, cwd=ROOT)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md is stale instead of writing it")
     args = ap.parse_args()
-    text = render(json.loads((ROOT / "nbs" / "index.ipynb").read_text()))
+    nb_path = ROOT / "nbs" / "index.ipynb"
+    if not args.check: execute(nb_path)
+    text = render(json.loads(nb_path.read_text()))
     readme = ROOT / "README.md"
     if args.check:
         if not readme.exists() or readme.read_text() != text:
