@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from groupsae.config import get_preset, override, results_dir, runs_dir, save_json, load_json
-from groupsae.train import (SAESpec, Trainer, NonFiniteError, specs_for_study, study_layout, sae_step_flops, auxk_flops, fit,
-                            save_checkpoint, load_checkpoint, wandb_logger, group_name)
+from groupsae.study import SAESpec, specs_for_study, study_layout, group_name
+from groupsae.train import (Trainer, NonFiniteError, sae_step_flops, auxk_flops, fit,
+                            save_checkpoint, load_checkpoint, wandb_logger)
 from groupsae.distributed import assign_ranks
 
 PY = sys.executable
