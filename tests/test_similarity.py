@@ -9,7 +9,8 @@ from groupsae import similarity as sm
 
 def test_public_api_importable():
     for name in ("mmcs", "max_cos", "firing_matrix", "max_jaccard", "mmco", "feature_spread", "spread_summary",
-                 "plot_spread", "plot_similarity", "similarity_figures", "similarity_from_codes", "run_similarity"):
+                 "plot_spread", "plot_similarity", "plot_similarity_grid", "similarity_figures", "encode_codes", "compare_group",
+                 "run_similarity"):
         assert name in sm.__all__
 
 def _mmcs_naive(Wa, Wb):
@@ -62,6 +63,7 @@ def tiny_study(tmp_path_factory):
         saes[l].save(d / f"L{l:02d}")
     grp = TopKSAE(64, 256, 8, layers=[1, 2], scales=[scales[1], scales[2]])
     grp.load_state_dict(saes[1].state_dict()); grp.save(d / "L01-02")
+    TopKSAE(64, 256, 8, layers=[0, 1, 2], scales=[scales[l] for l in range(3)], seed=9).save(d / "L00-02")
     return cfg, root
 
 def test_run_similarity_end_to_end(tiny_study):
@@ -80,11 +82,26 @@ def test_run_similarity_end_to_end(tiny_study):
     assert all(max(r) <= 400 for r in sp["counts"])
     assert out["mmcs"][1] == pytest.approx(sim["mmcs"]["1"], rel=1e-3)
     assert len(json.dumps(sim)) < 50_000
+    assert sim["Gs"] == [1, 2, 3] and sim["skipped_G"] == []
+    assert sim["per_G"]["mmcs"]["2"] == sim["mmcs"] and sorted(sim["per_G"]["mmco"]["1"]) == ["0", "1", "2"]
+    assert sim["per_G"]["mmcs"]["3"] == {} and sorted(sim["spread_all"]) == ["L00-02", "L01-02"]
     figs = figures_dir("tiny", root)
     for name in ("fig8_mmcs", "fig8_mmco", "fig8_spread"):
         png = (figs / f"{name}.png").read_bytes()
         again = savefig(sm.similarity_figures(sim)[name], name + "_again", "tiny", root)   # redrawn from the JSON alone
         assert again.read_bytes() == png
+
+def test_run_similarity_chosen_gs_and_scale_check(tiny_study):
+    cfg, root = tiny_study
+    d = runs_dir("tiny", root) / "saes"
+    out = sm.run_similarity(cfg, root, n_tokens=64, Gs=[2], log=None)
+    assert out["Gs"] == [2] and list(out["per_G"]["mmcs"]) == [2] and out["n_tokens"] == 64
+    cfg_json = json.loads((d / "L01-02" / "cfg.json").read_text())
+    bad = dict(cfg_json, scales=[s * 2 for s in cfg_json["scales"]])
+    (d / "L01-02" / "cfg.json").write_text(json.dumps(bad))
+    try:
+        with pytest.raises(ValueError, match="scale"): sm.run_similarity(cfg, root, n_tokens=64, Gs=[2], log=None)
+    finally: (d / "L01-02" / "cfg.json").write_text(json.dumps(cfg_json))
 
 def test_run_similarity_missing_sae(tiny_study, tmp_path):
     cfg, root = tiny_study
