@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_interp.ipynb #33e9e2fa
 from __future__ import annotations
-import math, time, zlib
+import math, re, time, zlib
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -237,6 +237,7 @@ def scorer_messages(kind:str, explanation:str, text:str) -> list:
 def clean_explanation(text:str, max_chars:int=160) -> str:
     "The explanation in a reply: its first non-empty line without quotes or a restated lead-in."
     line = next((l.strip() for l in (text or "").splitlines() if l.strip()), "").strip(" \"'`*")
+    line = re.sub(r"^(\d+[.)]|[-*])\s*", "", line)   # a list marker
     for lead in ("the feature responds to", "explanation:", "answer:", "the feature is", "feature:"):
         if line.lower().startswith(lead): line = line[len(lead):].strip(" :")
     line = line.strip(" \"'`*").rstrip(".")
