@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .config import RunConfig, SAEConfig, TrainConfig, ConfigError, override, results_dir, runs_dir, save_json, load_json
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
@@ -18,9 +19,8 @@ from .study import SAESpec, group_name, specs_for_study, study_layout, suite_cos
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
 # %% auto #0
-__all__ = ['draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFiniteError', 'Trainer', 'step', 'check_finite', 'log',
-           'accounting', 'state_dict', 'load_state_dict', 'save_checkpoint', 'load_checkpoint', 'fit', 'wandb_logger',
-           'run_training']
+__all__ = ['draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFiniteError', 'Trainer', 'save_checkpoint', 'load_checkpoint',
+           'fit', 'wandb_logger', 'run_training']
 
 # %% ../nbs/07_train.ipynb #55973606
 def draw_layers(acts:Tensor, # [n_rows, n_tokens, d_model] activations of the trainer's layers
@@ -104,6 +104,7 @@ class Trainer:
         self.bad_input = torch.full((len(self.layers),), -1, dtype=torch.long, device=self.device)
 
 # %% ../nbs/07_train.ipynb #ddeaacc6
+@patch
 @torch.no_grad()
 def _scaled(self:Trainer, acts:Tensor) -> Tensor:
     if acts.ndim != 3 or acts.shape[0] != len(self.layers) or acts.shape[2] != self.d_model:
@@ -114,6 +115,7 @@ def _scaled(self:Trainer, acts:Tensor) -> Tensor:
     self.bad_input = torch.where((self.bad_input < 0) & bad, self.step_idx, self.bad_input)
     return x
 
+@patch
 def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     sae, opt, dead, n = self.saes[spec.name], self.opts[spec.name], self.dead[spec.name], x_all.shape[1]
     x = draw_layers(x_all, self.rows[spec.name], self.gens[spec.name])
@@ -132,6 +134,7 @@ def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k, dense_grad=self.cfg.bf16)
     return torch.stack([out.fvu.detach(), out.auxk_loss.detach(), out.loss.detach()]).float()
 
+@patch
 def step(self:Trainer, acts:Tensor): # [len(trainer.layers), n_tokens, d_model], unscaled
     "One optimisation step of every SAE on one batch of residual streams."
     x_all, losses = self._scaled(acts), []
@@ -144,9 +147,8 @@ def step(self:Trainer, acts:Tensor): # [len(trainer.layers), n_tokens, d_model],
     self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(losses[:, 2]), self.step_idx, self.bad_step)
     self.step_idx += 1
 
-Trainer._scaled, Trainer._train_one, Trainer.step = _scaled, _train_one, step
-
 # %% ../nbs/07_train.ipynb #c2bedc4b
+@patch
 def check_finite(self:Trainer):
     "Raise NonFiniteError naming the SAE, the layer and the step if any input or loss was not finite (one host sync)."
     bad, bad_in = self.bad_step.tolist(), self.bad_input.tolist()
@@ -160,6 +162,7 @@ def check_finite(self:Trainer):
     for l, s in zip(self.layers, bad_in):
         if s >= 0: raise NonFiniteError(f"non-finite activations at layer {l}, step {s}. Fix: check the model's dtype (try float32)")
 
+@patch
 def log(self:Trainer) -> dict:
     "Mean fvu, auxk and loss of each SAE since the last call (one host sync)."
     if self.loss_steps:
@@ -168,6 +171,7 @@ def log(self:Trainer) -> dict:
         self.last = {s.name: dict(zip(("fvu", "auxk", "loss"), v)) for s, v in zip(self.specs, L)}
     return self.last
 
+@patch
 def accounting(self:Trainer) -> dict:
     "Per SAE: layers, size, tokens seen, analytic FLOPs, measured wall time, last losses, fraction of dead latents."
     wall, last, aux, out = self.clock.read(), self.log(), self.aux_tokens.tolist(), {}
@@ -177,9 +181,8 @@ def accounting(self:Trainer) -> dict:
                            dead_frac=self.dead[s.name].mask.float().mean().item(), **last.get(s.name, {}))
     return out
 
-Trainer.check_finite, Trainer.log, Trainer.accounting = check_finite, log, accounting
-
 # %% ../nbs/07_train.ipynb #af2129a3
+@patch
 def state_dict(self:Trainer) -> dict:
     "Everything the next step depends on (tensors, numbers and strings only: loads with weights_only=True)."
     return dict(step=self.step_idx, specs=[asdict(s) for s in self.specs], model_s=self.model_s,
@@ -189,6 +192,7 @@ def state_dict(self:Trainer) -> dict:
                 loss_sum=self.loss_sum, aux_tokens=self.aux_tokens, loss_steps=self.loss_steps, bad_step=self.bad_step, bad_input=self.bad_input,
                 torch_rng=torch.get_rng_state())
 
+@patch
 def load_state_dict(self:Trainer, sd:dict):
     "Restore a `state_dict` written for the same SAEs."
     if [SAESpec(**s) for s in sd["specs"]] != self.specs:
@@ -200,8 +204,6 @@ def load_state_dict(self:Trainer, sd:dict):
     self.tokens, self.flops, self.clock.total = dict(sd["tokens"]), dict(sd["flops"]), list(sd["wall"])
     for a in ("loss_sum", "aux_tokens", "bad_step", "bad_input"): getattr(self, a).copy_(sd[a])
     torch.set_rng_state(sd["torch_rng"])
-
-Trainer.state_dict, Trainer.load_state_dict = state_dict, load_state_dict
 
 def save_checkpoint(state:dict, path) -> Path:
     "torch.save `state` to a temporary file, then rename it over `path` (on every rank at once when distributed)."
