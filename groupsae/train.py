@@ -237,13 +237,15 @@ def _fingerprint(trainer:Trainer, n_windows:int, batch_size:int) -> dict:
 
 def fit(trainer:Trainer, model,
         windows:Tensor, # [n_windows, context_len] training windows, consumed in this order
-        n_tokens:int, batch_size:int, special=(), bf16:bool=False,
+        n_tokens:int, # tokens each SAE should see (BOS excluded)
+        batch_size:int, # windows per model forward
+        special=(), # token ids whose positions are dropped (BOS, EOS)
+        bf16:bool=False, # bf16 autocast for the model forward
         checkpoint=None, # checkpoint file: resumed from if it exists, written every `checkpoint_every` steps
         checkpoint_every:int=0, log_every:int=10, progress:bool=True,
         on_step=None, # called with the trainer after every step
         log_fn=None, # called with (step, {name: losses}) every `log_every` steps
         restart_stale:bool=False) -> Trainer: # ignore (and later overwrite) a checkpoint of another run instead of failing
-
     "Train `trainer` on `windows` (one model forward per batch) until every SAE saw about `n_tokens` tokens."
     n_windows = math.ceil(n_tokens / (windows.shape[1] - int(len(special) > 0)))
     if n_windows > len(windows):
