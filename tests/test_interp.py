@@ -66,8 +66,9 @@ def test_gives_up_after_max_retries_and_does_not_retry_client_errors(smol):
 
 
 def test_timeout_is_retried(smol):
-    with ChatServer(smol, stall_first=2, stall_s=1.5) as srv:
-        api = OpenAIClient(srv.url, "smollm2", backoff=0.01, timeout=0.4)
+    # the timeout sits far from both a real answer (well under 1 s idle, slower when the machine is loaded) and the stall
+    with ChatServer(smol, stall_first=2, stall_s=8.0) as srv:
+        api = OpenAIClient(srv.url, "smollm2", backoff=0.01, timeout=4.0)
         assert api.complete(QUESTIONS[2], max_tokens=4) == smol.complete(QUESTIONS[2], max_tokens=4)
         assert api.n_retries == 2 and srv.n_requests == 3
 
