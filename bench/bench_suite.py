@@ -7,7 +7,7 @@ saving against the cost model's prediction: A + (G-hat+1)·T vs A + L·T, once w
 the body's forward, a dense SAE's training step: groupsae.flops) and once calibrated on this run's own per-layer timings. Finally
 sparsify's Trainer on the same model, tokens and SAE sizes (fp32 on CPU, as sparsify runs there).
 
-    python bench/bench_suite.py                 # fp32, 6 timed steps after 1 warm-up, sparsify too (about 5 minutes)
+    python bench/bench_suite.py                 # fp32, 6 timed steps after 1 warm-up, sparsify after 5 (about 5 minutes)
     python bench/bench_suite.py --bf16          # bf16 autocast for the model forward and the SAE steps
     python bench/bench_suite.py --no-sparsify   # compare with the 335 tokens/s measured for sparsify in DESIGN.md
 
@@ -46,38 +46,40 @@ def time_suite(specs, model, windows, special, scales, args, label):
     sae_cfg = SAEConfig(expansion=8, k=32, dead_tokens=10_000_000)
     tr = Trainer(specs, model.config.hidden_size, scales, sae_cfg, TrainConfig(bf16=args.bf16))
     it = iter_activations(model, windows, tr.layers, 8, special, args.bf16, progress=False)
-    marks, tokens = [], 0
+    tokens = 0
     for i in range(args.warmup + args.steps):
-        if i == args.warmup: t0, model_s0, wall0 = time.perf_counter(), tr.model_s, list(tr.clock.read())
+        if i == args.warmup: t0, c0, model_s0, wall0 = time.perf_counter(), time.process_time(), tr.model_s, list(tr.clock.read())
         t = time.perf_counter(); acts = next(it); tr.model_s += time.perf_counter() - t
         tr.step(acts)
         if i >= args.warmup: tokens += acts.shape[1]
     tr.log()                                   # the only host sync, as in fit()
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     per_sae = [(w - w0) / args.steps for w, w0 in zip(tr.clock.read(), wall0)]
     fwd = (tr.model_s - model_s0) / args.steps
     print(f"{label}: {len(specs)} SAEs, {tokens / dt:,.0f} tokens/s ({dt / args.steps:.2f} s/step: forward {fwd:.2f} s, "
-          f"SAEs {sum(per_sae):.2f} s, other {dt / args.steps - fwd - sum(per_sae):.3f} s)", flush=True)
-    return tokens / dt, fwd, per_sae, tokens / args.steps
+          f"SAEs {sum(per_sae):.2f} s, other {dt / args.steps - fwd - sum(per_sae):.3f} s); {tokens / cpu:,.0f} tokens per CPU-second", flush=True)
+    return tokens / dt, fwd, per_sae, tokens / args.steps, tokens / cpu
 
 def run_sparsify(model, windows, args):
     "Steady-state tokens/s of sparsify's Trainer (timestamps at each batch's forward)."
     from datasets import Dataset
     from sparsify import Trainer as SpTrainer, TrainConfig as SpConfig, SaeConfig
-    n = 8 * (args.warmup + args.steps + 1)
+    n = 8 * (args.sparsify_warmup + args.steps + 1)
     ds = Dataset.from_dict({"input_ids": windows[:n].tolist()}).with_format("torch")
     with tempfile.TemporaryDirectory() as d:
         cfg = SpConfig(SaeConfig(expansion_factor=8, k=32), batch_size=8, optimizer="adam", loss_fn="fvu",
                        layers=list(range(len(blocks(model)))), log_to_wandb=False, save_every=10**9, save_dir=d)
         tr = SpTrainer(cfg, ds, model)
-        starts = []
-        h = model.register_forward_pre_hook(lambda *a: starts.append(time.perf_counter()))
+        starts, cpus = [], []
+        def mark(*a): starts.append(time.perf_counter()); cpus.append(time.process_time())
+        h = model.register_forward_pre_hook(mark)
         try: tr.fit()
         finally: h.remove()
-    k = args.warmup
-    rate = 8 * 256 * (len(starts) - 1 - k) / (starts[-1] - starts[k])
-    print(f"sparsify Trainer: {len(cfg.layers)} SAEs, {rate:,.0f} tokens/s ({(starts[-1] - starts[k]) / (len(starts) - 1 - k):.2f} s/step)", flush=True)
-    return rate
+    k, n_tok = args.sparsify_warmup, 8 * 256 * (len(starts) - 1 - args.sparsify_warmup)
+    rate, cpu_rate = n_tok / (starts[-1] - starts[k]), n_tok / (cpus[-1] - cpus[k])
+    print(f"sparsify Trainer: {len(cfg.layers)} SAEs, {rate:,.0f} tokens/s ({(starts[-1] - starts[k]) / (len(starts) - 1 - k):.2f} s/step); "
+          f"{cpu_rate:,.0f} tokens per CPU-second", flush=True)
+    return rate, cpu_rate
 
 def stage_timing(args):
     "Time run_training on the smollm2-cpu preset with the study's SAEs (groups.json of the repo, else DESIGN.md's)."
@@ -125,6 +127,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6); ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2); ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--no-sparsify", action="store_true")
+    ap.add_argument("--sparsify-warmup", type=int, default=5, help="sparsify's steps before timing (its first steps are slow)")
+    ap.add_argument("--only-sparsify", action="store_true", help="time sparsify's Trainer alone")
     ap.add_argument("--stage", action="store_true", help="time the whole train stage of smollm2-cpu instead")
     ap.add_argument("--tokens", type=int, default=16_000, help="with --stage: training tokens per SAE")
     ap.add_argument("--expansion", type=int, default=4, help="with --stage: SAE expansion")
@@ -133,18 +137,19 @@ def main(argv=None):
     if args.stage: return stage_timing(args)
     model, tok = load_model("smollm2")
     L, d = len(blocks(model)), model.config.hidden_size
-    n_win = 8 * (args.warmup + args.steps + 1)
+    n_win = 8 * (max(args.warmup, args.sparsify_warmup) + args.steps + 1)
     windows = prepare_data(tok, "shakespeare", 256, n_train_tokens=n_win * 255, n_eval_tokens=255).train
     special = special_ids(tok)
     scales = dict(enumerate(estimate_scales(model, windows[:8], list(range(L)), 2040, special=special).tolist()))
     print(f"SmolLM2: {L} layers, d_model {d}; SAEs: expansion 8 (d_sae {8 * d}), k 32; batches of 8x256 tokens; "
           f"{'bf16' if args.bf16 else 'fp32'}; {args.threads} threads", flush=True)
 
+    if args.only_sparsify: return run_sparsify(model, windows, args)
     base = [SAESpec(group_name([l]), [l], 8 * d, 32) for l in range(L)]
-    rate_base, fwd_b, per_sae_b, tok_step = time_suite(base, model, windows, special, scales, args, "per-layer suite")
+    rate_base, fwd_b, per_sae_b, tok_step, cpu_base = time_suite(base, model, windows, special, scales, args, "per-layer suite")
     groups, src = ghat_groups(L)
     gspecs = [SAESpec(group_name(g), g, 8 * d, 32) for g in groups]
-    rate_group, fwd_g, per_sae_g, _ = time_suite(gspecs, model, windows, special, scales, args, f"group suite at G-hat={len(groups) - 1}")
+    rate_group, fwd_g, per_sae_g, _, cpu_group = time_suite(gspecs, model, windows, special, scales, args, f"group suite at G-hat={len(groups) - 1}")
     print(f"  groups from {src}: {' / '.join(group_name(g) for g in groups)}")
 
     step_b, step_g = fwd_b + sum(per_sae_b), fwd_g + sum(per_sae_g)
@@ -160,14 +165,15 @@ def main(argv=None):
     print(f"  per-SAE step: per-layer {Tt * 1e3:.0f} ms, group {sum(per_sae_g[:-1]) / (len(groups) - 1) * 1e3:.0f} ms "
           f"(the layer draw); forward {fwd_b:.2f} s vs {fwd_g:.2f} s")
 
-    sp = SPARSIFY_DESIGN
+    sp, sp_cpu = SPARSIFY_DESIGN, float("nan")
     if not args.no_sparsify:
-        try: sp = run_sparsify(model, windows, args)
+        try: sp, sp_cpu = run_sparsify(model, windows, args)
         except Exception as e: print(f"sparsify run failed ({type(e).__name__}: {e}); using DESIGN.md's {SPARSIFY_DESIGN}")
     else: print(f"sparsify Trainer: {SPARSIFY_DESIGN:.0f} tokens/s (DESIGN.md, not rerun)")
+    # tokens per CPU-second compare fairly on a shared machine (other processes stretch wall time, not CPU time)
     print(f"suite_tokens_per_s={rate_base:.0f} group_tokens_per_s={rate_group:.0f} sparsify_tokens_per_s={sp:.0f} "
-          f"speedup_vs_sparsify={rate_base / sp:.2f} saving_measured={measured:.3f} saving_predicted_flops={pred_flops:.3f} "
-          f"saving_predicted_time={pred_time:.3f}")
+          f"speedup_vs_sparsify={rate_base / sp:.2f} speedup_vs_sparsify_cpu={cpu_base / sp_cpu:.2f} saving_measured={measured:.3f} "
+          f"saving_predicted_flops={pred_flops:.3f} saving_predicted_time={pred_time:.3f}")
 
 if __name__ == "__main__":
     main()
