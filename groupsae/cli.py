@@ -37,7 +37,7 @@ STAGES = (
           "FVU, L0, dead latents, delta-CE and KL on held-out tokens (eval.json, summary.json)"),
     Stage("interp", "groupsae.interp", "run_interp", ("interp",),
           "automatic interpretability: explanations, detection and fuzzing scores (interp.json)"),
-    Stage("similarity", "groupsae.similarity", "run_similarity", (),
+    Stage("similarity", "groupsae.similarity", "run_similarity", ("similarity",),
           "MMCS, MMCO and feature spread of group SAEs against the baseline (similarity.json)"),
     Stage("figures", "groupsae.figures", "make_figures", (),
           "redraw every paper figure and table from results/P into figures/P"),

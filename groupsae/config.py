@@ -13,9 +13,9 @@ import torch
 
 # %% auto #0
 __all__ = ['PRESETS', 'DEFAULT_PRESET', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig', 'ActivationsConfig',
-           'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig', 'InterpConfig', 'RunConfig',
-           'override', 'get_preset', 'set_seed', 'repo_root', 'results_dir', 'runs_dir', 'figures_dir', 'atomic_write',
-           'round_sig', 'save_json', 'load_json', 'use_style', 'savefig']
+           'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig', 'InterpConfig',
+           'SimilarityConfig', 'RunConfig', 'override', 'get_preset', 'set_seed', 'repo_root', 'results_dir',
+           'runs_dir', 'figures_dir', 'atomic_write', 'round_sig', 'save_json', 'load_json', 'use_style', 'savefig']
 
 # %% ../nbs/00_config.ipynb #4dff557f
 class ConfigError(ValueError):
@@ -117,7 +117,8 @@ class SAEConfig:
 class TrainConfig:
     "SAE training schedule, shared by per-layer and group SAEs."
     n_tokens:int=200_000 # training tokens seen by every SAE
-    lr:float|None=None # None = the paper's rule 2e-4 / sqrt(d_sae / 2**14)
+    lr:float|None=None # one learning rate for every SAE; None = the paper's rule lr_base / sqrt(d_sae / 2**14)
+    lr_base:float=2e-4 # the rule's numerator (the paper's 2e-4, tuned for 1B tokens)
     betas:tuple=(0.9, 0.999) # Adam
     clip:float=1.0 # gradient-norm clip
     bf16:bool=False # bf16 autocast for the SAE step
@@ -127,21 +128,27 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.n_tokens > 0, "train.n_tokens", "must be positive", "use a positive integer")
         _check(self.lr is None or self.lr > 0, "train.lr", "must be positive or None", "use None for the paper's rule")
+        _check(self.lr_base > 0, "train.lr_base", "must be positive", "use 2e-4, the paper's")
         _check(self.clip > 0, "train.clip", "must be positive", "use 1.0")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", "use 0 to checkpoint only at the end")
         self.betas = tuple(self.betas)
 
     def lr_for(self, d_sae:int) -> float:
         "Learning rate for an SAE with `d_sae` latents (the paper's rule unless set)."
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+        return self.lr if self.lr is not None else self.lr_base / math.sqrt(d_sae / 2**14)
 
 @dataclass
 class EvalConfig:
     "Held-out evaluation (PAPER.md step 4)."
     n_tokens:int=20_000 # held-out tokens; at most data.n_eval_tokens
     batch_size:int=8 # windows per forward during evaluation
+    ce_tokens:int|None=None # tokens for ΔCE and KL (each needs a model pass per pair); None = all of n_tokens
+    splice:str="all" # settings also spliced all at once: 'all' (every G), 'ghat' (baseline, Ĝ, controls) or 'none'
     def __post_init__(self):
         _check(self.n_tokens > 0 and self.batch_size > 0, "eval", "n_tokens and batch_size must be positive", "use positive integers")
+        _check(self.ce_tokens is None or 0 < self.ce_tokens <= self.n_tokens, "eval.ce_tokens",
+               f"{self.ce_tokens} is not in 1..eval.n_tokens={self.n_tokens}", "use a smaller positive number, or None for all")
+        _check(self.splice in ("all", "ghat", "none"), "eval.splice", f"unknown {self.splice!r}", "use 'all', 'ghat' or 'none'")
 
 @dataclass
 class InterpConfig:
@@ -151,6 +158,8 @@ class InterpConfig:
     n_explain:int=10 # activating (and as many non-activating) examples shown to the explainer
     n_score:int=10 # held-out examples per scorer
     n_tokens:int=50_000 # tokens scanned for examples
+    n_layers:int=3 # layers studied, evenly spaced over the grouped layers (ignored when `layers` is given)
+    layers:list|None=None # layers studied; None = `n_layers` evenly spaced ones
     client:str="transformers" # 'transformers' (in-process) or 'openai' (any OpenAI-compatible endpoint)
     model:str="smollm2" # explainer/scorer model
     base_url:str|None=None # for client='openai'
@@ -159,8 +168,22 @@ class InterpConfig:
         _check(self.client in ("transformers", "openai"), "interp.client", f"unknown {self.client!r}", "use 'transformers' or 'openai'")
         _check(self.client != "openai" or bool(self.base_url), "interp.base_url", "is required for client='openai'",
                "give the endpoint's base URL, e.g. http://localhost:8000/v1")
-        for f in ("n_latents", "window", "n_explain", "n_score", "n_tokens"):
+        for f in ("n_latents", "window", "n_explain", "n_score", "n_tokens", "n_layers"):
             _check(getattr(self, f) > 0, f"interp.{f}", "must be positive", "use a positive integer")
+        _check(self.layers is None or (len(self.layers) > 0 and all(isinstance(l, int) and l >= 0 for l in self.layers)),
+               "interp.layers", f"{self.layers} is not a non-empty list of layer indices >= 0", "give layer indices or None")
+
+@dataclass
+class SimilarityConfig:
+    "Feature similarity between the baseline and the group SAEs (MMCS, MMCO, spread)."
+    n_tokens:int=4_096 # held-out tokens whose firings MMCO and the spread count
+    max_latents:int=256 # latents per group SAE in the heatmaps (sampled with the seed)
+    Gs:list|None=None # numbers of groups compared; None = every G whose SAEs are trained (Ĝ is always included)
+    def __post_init__(self):
+        _check(self.n_tokens > 0 and self.max_latents > 0, "similarity", "n_tokens and max_latents must be positive",
+               "use positive integers")
+        _check(self.Gs is None or (len(self.Gs) > 0 and all(isinstance(g, int) and g > 0 for g in self.Gs)),
+               "similarity.Gs", f"{self.Gs} is not a non-empty list of positive integers", "give numbers of groups or None")
 
 # %% ../nbs/00_config.ipynb #ad135c0f
 def _from_dict(cls, d:dict, where:str=""):
@@ -190,6 +213,7 @@ class RunConfig:
     train:TrainConfig=field(default_factory=TrainConfig)
     eval:EvalConfig=field(default_factory=EvalConfig)
     interp:InterpConfig=field(default_factory=InterpConfig)
+    similarity:SimilarityConfig=field(default_factory=SimilarityConfig)
 
     def __post_init__(self):
         _check(re.fullmatch(r"[A-Za-z0-9._-]+", self.preset or "") is not None, "preset",
@@ -254,13 +278,16 @@ def _pythia(size:str, batch_tokens:int) -> RunConfig:
 def _smollm2_cpu() -> RunConfig:
     return RunConfig(
         preset="smollm2-cpu", n_threads=2,
-        data=DataConfig(context_len=256, batch_size=8, n_train_tokens=200_000, n_eval_tokens=16_384),  # distances read 200k training tokens
+        data=DataConfig(context_len=256, batch_size=8, n_train_tokens=100_000, n_eval_tokens=16_384),
         activations=ActivationsConfig(n_scale_tokens=16_384),
-        distances=DistanceConfig(n_tokens=200_000, centre=True),
+        distances=DistanceConfig(n_tokens=100_000, centre=True),        # the training tokens; Ĝ is stable from 16k tokens
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
-        train=TrainConfig(n_tokens=100_000, checkpoint_every=20),
-        eval=EvalConfig(n_tokens=8_192, batch_size=8),
-        interp=InterpConfig(n_latents=8, n_tokens=32_768))
+        # 50 steps instead of the paper's ~7,600: 10x the paper's learning rate (same width rule) halves the FVU;
+        # bf16 products on the CPU's matrix units, fp32 weights and Adam
+        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20),
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat"),  # ΔCE: one resumed forward per pair
+        interp=InterpConfig(n_latents=4, n_tokens=32_768),
+        similarity=SimilarityConfig(n_tokens=4_096))
 
 def _tiny() -> RunConfig:
     return RunConfig(
@@ -272,7 +299,8 @@ def _tiny() -> RunConfig:
         sae=SAEConfig(expansion=4, k=8, dead_tokens=1_024),
         train=TrainConfig(n_tokens=4_096, checkpoint_every=4),
         eval=EvalConfig(n_tokens=512, batch_size=4),
-        interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024))
+        interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024),
+        similarity=SimilarityConfig(n_tokens=512, max_latents=64))
 
 PRESETS = {"smollm2-cpu": _smollm2_cpu, "pythia-160m": lambda: _pythia("160m", 131_072),
            "pythia-410m": lambda: _pythia("410m", 65_536), "pythia-1b": lambda: _pythia("1b", 32_768), "tiny": _tiny}

@@ -63,7 +63,8 @@ def plot_distance_heatmap(dist, layers=None, title:str|None=None):
 # %% ../nbs/04_distances.ipynb #3cdf2bd7
 def layer_means(batches:list) -> torch.Tensor:
     "Per-layer mean [n_layers, d_model] of a list of activation batches."
-    return torch.cat(batches, 1).double().mean(1)
+    total = sum(b.double().sum(1) for b in batches)   # batch by batch: no float64 copy of all of them at once
+    return total / sum(b.shape[1] for b in batches)
 
 def run_distances(cfg:RunConfig, root=None, progress:bool=True) -> dict:
     "Angular distances between every pair of layers over distances.n_tokens training tokens."

@@ -45,7 +45,9 @@ def fig_quality_vs_amad(ev:dict, metrics=("fvu", "delta_ce"), threshold:float|No
         gh = ev["settings"]["amad"].get(str(ev.get("G_hat")))
         if gh: ax.plot([gh["amad"]], [gh["mean"][m]], marker="o", ms=11, mfc="none", mec="C3", ls="", label=f"Ĝ = {ev['G_hat']}")
         if theta is not None: ax.axvline(theta, color="C3", ls="--", lw=1, label=f"θ = {theta:g}")
-        for r in s: ax.annotate(str(r["G"]), (r["amad"], r["mean"][m]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for r in s:   # with many G the points near AMAD 0 crowd: label the small G, Ĝ and every fifth
+            if len(s) <= 12 or r["G"] <= 6 or r["G"] == ev.get("G_hat") or r["G"] % 5 == 0:
+                ax.annotate(str(r["G"]), (r["amad"], r["mean"][m]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("AMAD(G)"); ax.set_ylabel(METRIC_LABELS.get(m, m))
     axs[0][0].legend(loc="best")
     if title: fig.suptitle(title)

@@ -232,15 +232,17 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
     nt = {p: torch.zeros(2, dtype=torch.float64, device=dev) for p in pairs}        # Σ CE, Σ KL
     sp = {s: torch.zeros(2, dtype=torch.float64, device=dev) for s in settings}
     clean_sum, n_ce, secs = torch.zeros((), dtype=torch.float64, device=dev), 0, dict.fromkeys(("clean", "pairs", "spliced"), 0.0)
-    n_batches = math.ceil(len(windows) / batch_size)
     n_ce_windows = len(windows) if ce_windows is None else min(int(ce_windows), len(windows))
-    n_ce_batches = math.ceil(n_ce_windows / batch_size)
-    bar = tqdm(total=n_batches * len(pairs) + n_ce_batches * len(settings), desc="evaluate", unit="pair", disable=not progress)
+    # batches end at n_ce_windows, so that ΔCE runs on exactly the first n_ce_windows windows
+    starts = [*range(0, n_ce_windows, batch_size), *range(n_ce_windows, len(windows), batch_size)]
+    ends = [min(s + batch_size, n_ce_windows if s < n_ce_windows else len(windows)) for s in starts]
+    n_ce_batches = sum(s < n_ce_windows for s in starts)
+    bar = tqdm(total=len(starts) * len(pairs) + n_ce_batches * len(settings), desc="evaluate", unit="pair", disable=not progress)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        for b in range(0, len(windows), batch_size):
-            do_ce = (ce or bool(settings)) and b < n_ce_windows                    # whole batches: ce_windows rounds up
-            ids = windows[b:b + batch_size].to(dev)
+        for b, e in zip(starts, ends):
+            do_ce = (ce or bool(settings)) and b < n_ce_windows
+            ids = windows[b:e].to(dev)
             keep = keep_mask(ids, special) if len(special) else torch.ones_like(ids, dtype=torch.bool)
             pos = keep.clone(); pos[:, -1] = False                                 # positions with a next token
             targets = ids[:, 1:][pos[:, :-1]]
@@ -314,8 +316,8 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
                   ) -> dict:
     "The evaluate stage: every (SAE, layer) pair once on held-out tokens; writes eval_per_layer.csv, eval.json, summary.json."
     from groupsae.activations import study_inputs
-    ce_tokens = ce_tokens if ce_tokens is not None else getattr(cfg.eval, "ce_tokens", None)
-    splice = splice or getattr(cfg.eval, "splice", "all")
+    ce_tokens = ce_tokens if ce_tokens is not None else cfg.eval.ce_tokens
+    splice = splice or cfg.eval.splice
     if splice not in SPLICE_MODES: raise ValueError(f"splice={splice!r} is unknown. Fix: use one of {SPLICE_MODES}")
     rd = results_dir(cfg.preset, root)
     groups = _need(rd / "groups.json", "group", "the partitions of every G")
@@ -349,7 +351,7 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     base, ghat = settings["amad"][str(len(layers))], settings["amad"][str(g_hat)]
     ev = {"config_hash": cfg.hash(), "model": cfg.model.name, "n_layers": L, "layers": layers, "G_hat": g_hat,
           "threshold": groups.get("threshold"), "baseline_G": len(layers), "n_windows": len(windows),
-          "n_ce_windows": min(len(windows), math.ceil((ce_windows or len(windows)) / cfg.eval.batch_size) * cfg.eval.batch_size),
+          "n_ce_windows": min(len(windows), ce_windows or len(windows)),
           "splice": splice,
           "n_tokens": res.n_tokens, "n_ce_positions": res.n_ce, "clean_ce": res.clean_ce, "metrics": list(METRICS),
           "settings": settings, "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,

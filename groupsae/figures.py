@@ -36,8 +36,8 @@ def _eval_figs(res, out, preset, root):
     return paths + [atomic_write(out / "table1.md", md), atomic_write(out / "table1.csv", csv)]
 
 def _fig5(res, out, preset, root):
-    rows = load_json(res / "interp.json")["summary"]
-    return [savefig(_mod("interp").plot_interp(rows), "fig5_interp_vs_amad", preset, root)]
+    d = load_json(res / "interp.json")
+    return [savefig(_mod("interp").plot_interp(d["summary"], d.get("calibration")), "fig5_interp_vs_amad", preset, root)]
 
 def _table2(res, out, preset, root):
     return [atomic_write(out / "table2.md", _mod("flops").table2_markdown(load_json(res / "costs.json")))]

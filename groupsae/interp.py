@@ -12,6 +12,7 @@ import torch
 from .config import RunConfig, load_json, results_dir, round_sig, runs_dir, save_json, savefig, set_seed
 from .llm_client import Choice, LLMClient, make_client
 from .study import group_name
+from .evaluate import layer_scale
 
 # %% auto #0
 __all__ = ['EXPLAINER_SYSTEM', 'EXPLAINER_USER', 'DETECTION_SYSTEM', 'DETECTION_USER', 'FUZZING_SYSTEM', 'FUZZING_USER',
@@ -19,9 +20,9 @@ __all__ = ['EXPLAINER_SYSTEM', 'EXPLAINER_USER', 'DETECTION_SYSTEM', 'DETECTION_
            'check_grid', 'window_max', 'window_acts', 'ExampleSplit', 'across_quantiles', 'split_examples', 'render',
            'decode_pieces', 'fuzz_marks', 'explainer_messages', 'scorer_messages', 'clean_explanation',
            'LatentExamples', 'latent_examples', 'word_positions', 'auc', 'judge', 'summarize', 'explain',
-           'interpret_latent', 'binom_p', 'calibrate', 'Unit', 'default_layers', 'study_units', 'layer_scale',
-           'collect_units', 'usable_windows', 'study_unit', 'summarize_records', 'firing_stats', 'plot_interp',
-           'merge_summary', 'run_interp']
+           'interpret_latent', 'binom_p', 'calibrate', 'Unit', 'default_layers', 'study_units', 'collect_units',
+           'usable_windows', 'study_unit', 'summarize_records', 'firing_stats', 'plot_interp', 'merge_summary',
+           'run_interp']
 
 # %% ../nbs/09_interp.ipynb #a17149d9
 def select_latents(counts:torch.Tensor, # [d_sae] firing counts
@@ -412,14 +413,6 @@ def study_units(partitions:dict, # {G: list of groups}
     return out
 
 # %% ../nbs/09_interp.ipynb #56e0b8fc
-def layer_scale(sae, layer:int, scales:dict|None=None) -> float:
-    "Input scale of `layer` for `sae`: the SAE's own (`TopKSAE.scale_for`), else `scales` ({layer: scale} from scales.json)."
-    ls, sc = [int(l) for l in (getattr(sae, "layers", None) or [])], list(getattr(sae, "scales", None) or [])
-    if layer in ls and len(sc) == len(ls): return float(sc[ls.index(layer)])
-    if scales and layer in scales: return float(scales[layer])
-    raise ValueError(f"no input scale for layer {layer}: the SAE stores none and scales.json lacks it. "
-                     "Fix: run the activations stage (groupsae activations) or save the SAE with its scales")
-
 def collect_units(model, saes:dict, # {sae name: TopKSAE}
                   units:list, ids:torch.Tensor, # [n_ctx, ctx_len] token sample
                   keep:torch.Tensor, # [n_ctx, ctx_len] False at special positions
@@ -518,7 +511,7 @@ def firing_stats(unit:Unit, sample:LatentSample) -> dict:
                                  "median_freq": float(f[f > 0].median()) if (f > 0).any() else 0.0})
     return out
 
-def plot_interp(rows:list):
+def plot_interp(rows:list, calibration:dict|None=None): # `calibration`: interp.json's, flagged on the figure if at chance
     "Detection and fuzzing accuracy vs AMAD(G) from `summarize_records` rows (PAPER.md figure 5)."
     import matplotlib.pyplot as plt
     from groupsae.config import use_style
@@ -537,6 +530,10 @@ def plot_interp(rows:list):
         ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
         ax.set(xlabel="AMAD(G)", title=m, ylim=(0, 1.05))
     axes[0].set_ylabel("accuracy"); axes[0].legend(loc="lower left")
+    if calibration and not calibration.get("scorer_better_than_chance", False):
+        fig.suptitle(f"scorer not better than chance on latents of known meaning (accuracy "
+                     f"{calibration.get('accuracy_true', float('nan')):.2f}, p = {calibration.get('p_value', float('nan')):.2f}): "
+                     "these scores do not measure interpretability", fontsize=9, color="C3")
     fig.tight_layout()
     return fig
 
@@ -577,7 +574,7 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
     amad = {int(G): float(a) for G, a in grp["amad"].items()}
     grouped = sorted(grp["layers"])
     families = {"baseline": len(grouped), "ghat": int(grp["G_hat"]), "g1": 1}
-    layers = sorted(layers or getattr(ic, "layers", None) or default_layers(grouped, getattr(ic, "n_layers", 3)))
+    layers = sorted(layers or ic.layers or default_layers(grouped, ic.n_layers))
     units = study_units(partitions, families, layers)
     sae_dir = runs_dir(cfg.preset, root) / "saes"
     missing = sorted({u.sae for u in units if not (sae_dir / u.sae).exists()})
@@ -638,7 +635,8 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
     out = round_sig(out)   # what the file holds: floats to 4 significant figures
     save_json(out, res / "interp.json")
     merge_summary(res / "summary.json", _summary_keys(rows, cal))
-    savefig(plot_interp(rows), "fig5_interp_vs_amad", cfg.preset, root)
+    from groupsae.figures import draw   # from the saved file, exactly as 11_figures redraws it
+    draw(cfg.preset, "interp.json", root)
     if True:
         for r in rows: log(f"[interp] {r['family']:>8} {r['mode']:>6} G={r['G']}: detection {r['detection']:.3f} "
                            f"fuzzing {r['fuzzing']:.3f} over {r['n']} latents")

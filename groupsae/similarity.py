@@ -259,11 +259,12 @@ def similarity_figures(sim:dict # contents of results/P/similarity.json
     for j, (name, s) in enumerate(sorted(spread.items(), key=lambda kv: kv[1]["layers"])):
         counts = torch.tensor(s["counts"], dtype=torch.long).reshape(-1, len(s["layers"]))
         plot_spread(counts, s["layers"], (axes[0, j], axes[1, j]),
-                    title=f"{name}: {s['n_alive']} firing, dominant share {s['dominant_share_mean']:.2f}")
+                    title=f"{name}\n{s['n_alive']} firing, dominant share {s['dominant_share_mean']:.2f}")
+        if j: axes[0, j].set_ylabel("")                               # one y label per row: the panels sit close
         axes[1, j].clear()                                           # the histogram over every latent, not the sample
         h = s["layers_fired_hist"]
         axes[1, j].bar(range(1, len(h) + 1), h, color="C0"); axes[1, j].set_xticks(range(1, len(h) + 1))
-        axes[1, j].set_xlabel("layers fired in"); axes[1, j].set_ylabel("latents")
+        axes[1, j].set_xlabel("layers fired in"); axes[1, j].set_ylabel("latents" if j == 0 else "")
     if not spread:
         for ax in axes[:, 0]: ax.text(0.5, 0.5, "no multi-layer group", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
@@ -271,8 +272,14 @@ def similarity_figures(sim:dict # contents of results/P/similarity.json
     return figs
 
 # %% ../nbs/10_similarity.ipynb #7ddcbc50
-def run_similarity(cfg:RunConfig, root=None, n_tokens:int=4096, max_latents:int=256, Gs=None, log=print) -> dict:
+def run_similarity(cfg:RunConfig, root=None,
+                   n_tokens:int|None=None, # held-out tokens; None: cfg.similarity.n_tokens
+                   max_latents:int|None=None, # latents per heatmap; None: cfg.similarity.max_latents
+                   Gs=None, # numbers of groups to compare; None: cfg.similarity.Gs (None there: every trained G)
+                   log=print) -> dict:
     "The similarity stage: MMCS, MMCO and spread of the group SAEs against the baseline; writes similarity.json and Figure 8."
+    sc = cfg.similarity
+    n_tokens, max_latents, Gs = n_tokens or sc.n_tokens, max_latents or sc.max_latents, Gs if Gs is not None else sc.Gs
     from groupsae.activations import study_inputs, load_scales, iter_activations
     from groupsae.data import windows_needed
     from groupsae.evaluate import layer_scale

@@ -169,7 +169,7 @@ def test_run_evaluation_end_to_end(tmp_path):
     assert (rd / "eval_per_layer.csv").read_bytes() == csv1
     # cheaper modes: next-token metrics on fewer tokens, all-at-once splices only at G_hat
     ev2 = run_evaluation(cfg, tmp_path, progress=False, ce_tokens=62, splice="ghat")
-    assert ev2["n_ce_windows"] == 4 and ev2["n_tokens"] == ev["n_tokens"] and ev2["n_ce_positions"] < ev["n_ce_positions"]
+    assert ev2["n_ce_windows"] == 2 and ev2["n_tokens"] == ev["n_tokens"] and ev2["n_ce_positions"] < ev["n_ce_positions"]
     assert ev2["settings"]["amad"]["1"]["spliced_all"] is None and ev2["settings"]["even"]["2"]["spliced_all"] is not None
     rows2 = read_per_layer_csv(rd / "eval_per_layer.csv")
     assert all(rows2[p]["fvu"] == rows[p]["fvu"] for p in rows)
