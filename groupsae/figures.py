@@ -9,7 +9,26 @@ from pathlib import Path
 from .config import RunConfig, results_dir, figures_dir, savefig, load_json, atomic_write, use_style, get_preset
 
 # %% auto #0
-__all__ = ['BUILDERS', 'draw', 'make_figures']
+__all__ = ['PAPER_HEADLINE', 'BUILDERS', 'headline_table', 'draw', 'make_figures']
+
+# %% ../nbs/11_figures.ipynb #9f78133d
+PAPER_HEADLINE = {   # PAPER.md, "Headline results": (layers, Ĝ, baseline FVU, baseline ΔCE%, Ĝ FVU, Ĝ ΔCE%)
+    "Pythia-160M": (12, 6, 0.097, 5.33, 0.108, 6.01), "Pythia-410M": (24, 9, 0.122, 5.33, 0.138, 5.94),
+    "Pythia-1B": (16, 6, 0.161, 5.67, 0.182, 6.43)}
+
+def _pct(x): return "–" if x is None else f"{100 * x:.1f}%"
+
+def headline_table(summaries:dict # {row label: the content of a results/<preset>/summary.json}
+                  ) -> str:
+    "Markdown table of measured headline numbers beside the paper's."
+    rows = ["| model | source | layers | Ĝ | baseline FVU | baseline ΔCE% | Ĝ FVU | Ĝ ΔCE% | saving at Ĝ (paper / fair) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        rows.append(f"| {name} | measured here | {s['n_layers']} | {s['G_hat']} | {s['baseline_fvu']:.3f} | {s['baseline_delta_ce']:.2f} "
+                    f"| {s['ghat_fvu']:.3f} | {s['ghat_delta_ce']:.2f} | {_pct(s.get('compute_saving_paper'))} / {_pct(s.get('compute_saving_fair'))} |")
+    for name, (L, g, bf, bc, gf, gc) in PAPER_HEADLINE.items():
+        rows.append(f"| {name} | paper | {L} | {g} | {bf:.3f} | {bc:.2f} | {gf:.3f} | {gc:.2f} | about 40-54% (range over the three) |")
+    return "\n".join(rows) + "\n"
 
 # %% ../nbs/11_figures.ipynb #312e8475
 def _mod(name): return importlib.import_module(f"groupsae.{name}")
@@ -46,8 +65,11 @@ def _fig8(res, out, preset, root):
     sim, sm = load_json(res / "similarity.json"), _mod("similarity")
     return [savefig(fig, name, preset, root) for name, fig in sm.similarity_figures(sim).items()]
 
+def _headline(res, out, preset, root):
+    return [atomic_write(out / "headline.md", headline_table({preset: load_json(res / "summary.json")}))]
+
 BUILDERS = {"distances.json": _fig1, "groups.json": _fig2, "eval.json": _eval_figs, "interp.json": _fig5,
-            "costs.json": _table2, "similarity.json": _fig8}
+            "costs.json": _table2, "similarity.json": _fig8, "summary.json": _headline}
 
 # %% ../nbs/11_figures.ipynb #c2e29c98
 def draw(preset:str, results_file:str, root=None) -> list:

@@ -2,7 +2,8 @@
 
 The notebook is first executed in place through a Jupyter kernel (so its tables show the current
 results/), then cleaned with nbdev_clean. Markdown cells are copied, code cells become fenced Python blocks
-followed by their output (Markdown outputs verbatim); cells marked `#| hide` are left out.
+followed by their output (Markdown outputs verbatim); cells marked `#| hide` are left out. Links written
+relative to nbs/ (`../figures/...`, so they work in JupyterLab) are made relative to the repository root.
 `--check` exits 1 when README.md is not current, without executing anything.
 """
 import argparse, json, sys
@@ -25,7 +26,7 @@ def render(nb) -> str:
     blocks = ["<!-- Generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file. -->"]
     for cell in nb["cells"]:
         src = cell_source(cell).strip("\n")
-        if cell["cell_type"] == "markdown": blocks.append(src)
+        if cell["cell_type"] == "markdown": blocks.append(src.replace("](../", "]("))   # links are relative to nbs/ in the notebook
         elif cell["cell_type"] == "code":
             lines = src.splitlines()
             if any(l.strip().startswith("#|") and "hide" in l for l in lines): continue
