@@ -10,7 +10,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .models import blocks, block_output, load_model, max_context
+from .models import blocks, block_output, d_model, load_model, max_context
 from .data import keep_mask, prepare_data, special_ids, Split
 from .config import RunConfig, results_dir, save_json, load_json, atomic_write
 
@@ -30,14 +30,24 @@ def check_layers(layers, n_layers:int) -> list[int]:
                          f"Fix: choose layers in 0..{n_layers - 1} (activations.layers)")
     return layers
 
-def residual_streams(model, input_ids:torch.Tensor, layers=None, bf16:bool=False) -> torch.Tensor:
-    "Residual streams [len(layers), batch, seq, d_model] of `layers` from one forward pass that stops after the deepest."
+def residual_streams(model, input_ids:torch.Tensor, layers=None, bf16:bool=False,
+                     keep:torch.Tensor|None=None # [batch, seq] positions to return; None = all
+                    ) -> torch.Tensor:
+    "Residual streams [len(layers), batch, seq, d_model] (or [len(layers), n_kept, d_model]) from one forward pass that stops after the deepest layer."
     bl = blocks(model)
     layers = check_layers(layers, len(bl))
-    deepest, store = max(layers), {}
+    deepest = max(layers)
+    rows = {l: [j for j, m in enumerate(layers) if m == l] for l in set(layers)}
+    pos = None if keep is None else keep.to(input_ids.device).flatten().nonzero().squeeze(1)
+    shape = tuple(input_ids.shape) if keep is None else (len(pos),)
+    # allocated outside inference mode, so callers may scale it in place
+    out = torch.empty(len(layers), *shape, d_model(model), dtype=torch.float32, device=input_ids.device)
     def hook(i):
-        def f(module, args, out):
-            store[i] = block_output(out)
+        def f(module, args, o):
+            h = block_output(o)
+            for j in rows[i]:   # one copy per layer, straight into the result
+                if pos is None: out[j].copy_(h)
+                else: torch.index_select(h.float().reshape(-1, h.shape[-1]), 0, pos, out=out[j])   # .float(): no-op in fp32
             if i == deepest: raise _StopForward
         return f
     handles = [bl[i].register_forward_hook(hook(i)) for i in sorted(set(layers))]
@@ -47,7 +57,7 @@ def residual_streams(model, input_ids:torch.Tensor, layers=None, bf16:bool=False
     except _StopForward: pass
     finally:
         for h in handles: h.remove()
-    return torch.stack([store[l] for l in layers]).float()
+    return out
 
 # %% ../nbs/03_activations.ipynb #3a00effb
 def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8, special=(), bf16:bool=False,
@@ -60,7 +70,7 @@ def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8,
     for i in range(0, len(windows), batch_size):
         ids = windows[i:i + batch_size].to(dev)
         keep = keep_mask(ids, special) if len(special) else torch.ones_like(ids, dtype=torch.bool)
-        acts = residual_streams(model, ids, layers, bf16)[:, keep]
+        acts = residual_streams(model, ids, layers, bf16, keep)
         if scales is not None: acts *= scales.to(acts.device)[:, None, None]
         n_tok += acts.shape[1]; bar.update(acts.shape[1])
         yield (acts, ids[keep]) if with_ids else acts
