@@ -17,7 +17,7 @@ from .train import Trainer, sae_step_flops
 from .distributed import assign_ranks
 from .data import keep_mask, windows_needed
 from .activations import residual_streams
-from .sae import TopKSAE
+from .sae import TopKSAE, GRAD_CHUNK
 
 # %% auto #0
 __all__ = ['GB', 'DTYPE_BYTES', 'PEAK_FLOPS', 'PYTHIA_BOS', 'model_key', 'model_shape', 'synthetic_distances',
@@ -89,7 +89,7 @@ def sae_memory(d_model:int, d_sae:int, k:int,
                n:int, # tokens per training step
                bf16:bool=False) -> dict: # train.bf16
     "GPU bytes of one SAE in training: kept between steps ('states', 'workspace') and during its own step ('transient')."
-    grad = 6 * d_model * d_sae if bf16 else 4 * n * k * d_model   # bf16: [d_model, d_sae] product + fp32 copy; fp32: [n, k, d_model]
+    grad = 6 * d_model * d_sae if bf16 else 4 * min(n * k * d_model, GRAD_CHUNK)   # bf16: [d_model, d_sae] product + fp32 copy; fp32: a chunk of [n, k, d_model]
     step = n * k * (4 + 8) + 6 * n * d_model * 4                   # top-k values and indices; about six [n, d_model] tensors
     return {"states": 16 * sae_params(d_model, d_sae), "workspace": n * d_sae * (2 if bf16 else 4), "transient": step + grad}
 
@@ -102,7 +102,8 @@ def process_memory(specs:list, # SAESpecs this process trains
     mems = [sae_memory(d_model, s.d_sae, s.k, n, bf16) for s in specs]
     batch = len({l for s in specs for l in s.layers}) * n * d_model * 4       # [n_layers, n, d_model] fp32
     parts = {"model": model_bytes, "sae_states": sum(m["states"] for m in mems),
-             "sae_workspaces": sum(m["workspace"] for m in mems), "activations": 2 * batch,
+             "sae_workspaces": sum({s.d_sae: m["workspace"] for s, m in zip(specs, mems)}.values()),   # one per width (sae.scratch)
+             "activations": 2 * batch,
              "peak_extra": max([batch + n * d_mlp * 4] + [m["transient"] for m in mems])}
     return parts | {"total": sum(parts.values())}
 

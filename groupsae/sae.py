@@ -14,8 +14,8 @@ from safetensors.torch import save_file, load_file
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['fvu', 'TopKEncode', 'decode_sparse', 'decode_dense', 'geometric_median', 'DeadLatentTracker', 'EncoderOutput',
-           'ForwardOutput', 'check_finite', 'TopKSAE', 'save', 'load']
+__all__ = ['GRAD_CHUNK', 'fvu', 'scratch', 'TopKEncode', 'decode_sparse', 'decode_dense', 'geometric_median', 'DeadLatentTracker',
+           'EncoderOutput', 'ForwardOutput', 'check_finite', 'TopKSAE', 'save', 'load']
 
 # %% ../nbs/06_sae.ipynb #5c4fc232
 def fvu(x:Tensor, x_hat:Tensor) -> Tensor:
@@ -23,6 +23,17 @@ def fvu(x:Tensor, x_hat:Tensor) -> Tensor:
     return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
 
 # %% ../nbs/06_sae.ipynb #8a215833
+_SCRATCH = {}
+GRAD_CHUNK = 2**26   # elements of the fp32 weight gradient's [rows, k, d_model] products per chunk
+
+def scratch(shape:tuple, dtype, device) -> Tensor:
+    "The [n, d_sae] scratch buffer of this shape, dtype and device, shared by every SAE."
+    # An SAE uses it only inside its own forward (pre-activations) and backward (the dense bf16 gradient), so
+    # SAEs trained one after another never need two; kept between steps, it spares fresh page-faulting allocations.
+    key = (tuple(shape), dtype, torch.device(device))
+    if key not in _SCRATCH: _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
+    return _SCRATCH[key]
+
 class TopKEncode(torch.autograd.Function):
     "ReLU + top-k of x @ W.T + b with a gradient that touches only the selected latents."
     @staticmethod
@@ -45,8 +56,12 @@ class TopKEncode(torch.autograd.Function):
         g = g.masked_fill(off, 0)                                # ReLU's gradient
         gx = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum") if ctx.needs_input_grad[0] else None
         gb = torch.zeros(ctx.d_sae, dtype=g.dtype, device=g.device).index_add_(0, idx.flatten(), g.flatten())
-        if ctx.compute_dtype is None:   # exact sparse accumulation in the input dtype
-            gW = torch.zeros_like(W).index_add_(0, idx.flatten(), (g[:, :, None] * x[:, None, :]).flatten(0, 1))
+        if ctx.compute_dtype is None:   # exact sparse accumulation in the input dtype, in row chunks:
+            gW = torch.zeros_like(W)      # the [rows, k, d_model] products stay under ~256 MB at any batch size
+            rows = max(1, GRAD_CHUNK // (idx.shape[1] * x.shape[1]))
+            for i in range(0, len(x), rows):
+                gi, xi = g[i:i + rows], x[i:i + rows]
+                gW.index_add_(0, idx[i:i + rows].flatten(), (gi[:, :, None] * xi[:, None, :]).flatten(0, 1))
         else:                            # one dense low-precision product: faster on matrix units
             cd = ctx.compute_dtype
             dense = ctx.workspace.zero_() if ctx.workspace is not None else torch.zeros(g.shape[0], ctx.d_sae, dtype=cd, device=g.device)
@@ -144,10 +159,7 @@ class TopKSAE(nn.Module):
         self._check(x)
         ws = None
         if torch.is_grad_enabled() and self.training:   # a persistent buffer only pays off in training loops
-            shape, cd = (x.shape[0], self.d_sae), self.compute_dtype or x.dtype
-            if self._workspace is None or self._workspace.shape != shape or self._workspace.dtype != cd:
-                self._workspace = torch.empty(shape, dtype=cd, device=x.device)
-            ws = self._workspace
+            self._workspace = ws = scratch((x.shape[0], self.d_sae), self.compute_dtype or x.dtype, x.device)
         return EncoderOutput(*TopKEncode.apply(x - self.b_dec, self.W_enc, self.b_enc, self.k, self.compute_dtype, ws))
 
     def decode(self, top_acts:Tensor, top_idx:Tensor) -> Tensor:
