@@ -127,12 +127,11 @@ def gpus_needed(specs:list, # SAESpecs of the study
                       "or set train.bf16=true")
 
 # %% ../nbs/12a_plan.ipynb #db35e391
-def host_memory(cfg:RunConfig,
-                list_bytes:float=36.0) -> dict: # host bytes per token of make_windows' Python lists (measured below)
-    "Host bytes per process of the token windows `prepare_data` builds: the lists, the int64 tensor, and the peak."
+def host_memory(cfg:RunConfig) -> dict:
+    "Host bytes per process of the token windows `prepare_data` builds: the int64 windows, the split's copies, the peak."
     d = cfg.data
     tokens = (windows_needed(d.n_train_tokens, d.context_len) + windows_needed(d.n_eval_tokens, d.context_len)) * d.context_len
-    return {"tokens": tokens, "lists": tokens * list_bytes, "tensor": tokens * 8, "peak": tokens * (list_bytes + 8)}
+    return {"tokens": tokens, "windows": tokens * 8, "split": tokens * 8, "peak": tokens * 16}
 
 # %% ../nbs/12a_plan.ipynb #a8fed8c1
 def disk_bytes(specs:list, # SAESpecs of the study
