@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEFAULT_PRESET', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig', 'ActivationsConfig',
+__all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig', 'ActivationsConfig',
            'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig', 'InterpConfig',
            'SimilarityConfig', 'RunConfig', 'override', 'get_preset', 'set_seed', 'repo_root', 'results_dir',
            'runs_dir', 'figures_dir', 'atomic_write', 'round_sig', 'save_json', 'load_json', 'use_style', 'savefig']
@@ -27,6 +27,7 @@ def _check(ok:bool, field_name:str, problem:str, fix:str):
 
 # %% ../nbs/00_config.ipynb #7270537f
 _DTYPES = ("float32", "bfloat16", "float16")
+SPLICE_MODES = ("all", "ghat", "none")   # eval.splice: settings spliced all at once
 
 @dataclass
 class ModelConfig:
@@ -148,7 +149,7 @@ class EvalConfig:
         _check(self.n_tokens > 0 and self.batch_size > 0, "eval", "n_tokens and batch_size must be positive", "use positive integers")
         _check(self.ce_tokens is None or 0 < self.ce_tokens <= self.n_tokens, "eval.ce_tokens",
                f"{self.ce_tokens} is not in 1..eval.n_tokens={self.n_tokens}", "use a smaller positive number, or None for all")
-        _check(self.splice in ("all", "ghat", "none"), "eval.splice", f"unknown {self.splice!r}", "use 'all', 'ghat' or 'none'")
+        _check(self.splice in SPLICE_MODES, "eval.splice", f"unknown {self.splice!r}", f"use one of {SPLICE_MODES}")
 
 @dataclass
 class InterpConfig:

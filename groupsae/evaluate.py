@@ -10,15 +10,15 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json
+from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES
 from .models import block_output, blocks, unembed
 from .data import Split, assert_disjoint, keep_mask, windows_needed
 from .eval_report import METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize
 
 # %% auto #0
-__all__ = ['SPLICE_MODES', 'ReconStats', 'next_token_losses', 'delta_ce_pct', 'BlockCall', 'CleanPass', 'clean_pass',
-           'block_kwargs', 'forward_from_layer', 'reconstruct', 'splice', 'spliced_forward', 'layer_scale',
-           'EvalOutput', 'evaluate', 'eval_windows', 'load_saes', 'run_evaluation']
+__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'BlockCall', 'CleanPass', 'clean_pass', 'block_kwargs',
+           'forward_from_layer', 'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'EvalOutput', 'evaluate',
+           'eval_windows', 'load_saes', 'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #7a339933
 class ReconStats:
@@ -308,8 +308,6 @@ def load_saes(names, preset:str, root=None, device="cpu") -> dict:
     return {n: TopKSAE.load(d / n).to(device).eval().requires_grad_(False) for n in names}
 
 # %% ../nbs/08_evaluate.ipynb #b369def3
-SPLICE_MODES = ("all", "ghat", "none")
-
 def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
                    ce_tokens:int|None=None, # tokens for ΔCE/KL; None: cfg.eval.ce_tokens if set, else all eval tokens
                    splice:str|None=None # settings spliced all at once: 'all', 'ghat' (baseline, Ĝ, controls) or 'none'

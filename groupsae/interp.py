@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
-from .config import RunConfig, load_json, results_dir, round_sig, runs_dir, save_json, savefig, set_seed
+from .config import RunConfig, load_json, results_dir, round_sig, runs_dir, save_json, set_seed
 from .llm_client import Choice, LLMClient, make_client
 from .study import group_name
 from .evaluate import layer_scale
