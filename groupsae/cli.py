@@ -35,7 +35,7 @@ STAGES = (
           "train the per-layer baseline, the group SAEs of every G and the controls (runs/P/saes/)"),
     Stage("evaluate", "groupsae.evaluate", "run_evaluation", ("eval",),
           "FVU, L0, dead latents, delta-CE and KL on held-out tokens (eval.json, summary.json)"),
-    Stage("interp", "groupsae.interp", "run_interp", ("interp",),
+    Stage("interp", "groupsae.interp_study", "run_interp", ("interp",),
           "automatic interpretability: explanations, detection and fuzzing scores (interp.json)"),
     Stage("similarity", "groupsae.similarity", "run_similarity", ("similarity",),
           "MMCS, MMCO and feature spread of group SAEs against the baseline (similarity.json)"),

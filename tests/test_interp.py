@@ -19,7 +19,7 @@ def smol():
 
 
 def test_modules_import_without_notebook_state():
-    code = "import groupsae.interp as i, groupsae.llm_client as c; print(i.run_interp.__name__, c.OpenAIClient.__name__)"
+    code = "import groupsae.interp_study as i, groupsae.llm_client as c; print(i.run_interp.__name__, c.OpenAIClient.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["run_interp", "OpenAIClient"]
@@ -137,7 +137,7 @@ def _tiny_study(root:Path):
 
 
 def test_run_interp_tiny_end_to_end_and_resume(tmp_path):
-    from groupsae.interp import run_interp
+    from groupsae.interp_study import run_interp
     from groupsae.models import load_model
     torch.set_num_threads(1)
     cfg, res = _tiny_study(tmp_path)
