@@ -46,15 +46,16 @@ def plot_distance_heatmap(dist, layers=None, title:str|None=None):
     d = np.asarray(dist, dtype=float); n = len(d)
     layers = list(range(n)) if layers is None else list(layers)
     masked = np.ma.masked_where(np.triu(np.ones_like(d, dtype=bool), 1), d)
-    size = max(4.0, 0.32 * n + 1.5)
+    size = max(4.0, 0.36 * n + 1.5)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(masked, cmap="viridis", vmin=0, vmax=max(0.5, float(d.max())))
-    fs = 9 if n <= 12 else (6 if n <= 20 else 4.5)
+    fs = 9 if n <= 12 else (6.5 if n <= 20 else 5.5)                   # annotations fit a cell
     for i in range(n):
         for j in range(i + 1):
             ax.text(j, i, f"{d[i, j]:.2f}", ha="center", va="center", fontsize=fs,
                     color="white" if d[i, j] < 0.6 * im.norm.vmax else "black")
-    ax.set_xticks(range(n), layers, fontsize=fs + 1); ax.set_yticks(range(n), layers, fontsize=fs + 1)
+    ticks = min(9, fs + 2.5)
+    ax.set_xticks(range(n), layers, fontsize=ticks); ax.set_yticks(range(n), layers, fontsize=ticks)
     ax.set_xlabel("layer"); ax.set_ylabel("layer"); ax.grid(False)
     ax.set_title(title or "Mean angular distance between residual streams")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="arccos(cos)/π")

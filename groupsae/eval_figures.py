@@ -11,11 +11,13 @@ import matplotlib.pyplot as plt
 from .config import use_style
 
 # %% auto #0
-__all__ = ['METRIC_LABELS', 'fig_quality_vs_amad', 'relative_compute', 'fig_quality_vs_compute', 'fig_per_layer', 'table1']
+__all__ = ['METRIC_LABELS', 'SETTING_LABELS', 'fig_quality_vs_amad', 'relative_compute', 'fig_quality_vs_compute',
+           'fig_per_layer', 'table1']
 
 # %% ../nbs/08b_eval_figures.ipynb #bcfc722f
 METRIC_LABELS = {"fvu": "FVU", "delta_ce": "ΔCE (%)", "kl": "KL to the clean model", "l0": "L0",
                  "dead_frac": "dead latents (fraction)", "ev_saelens": "explained variance (SAELens)", "mse": "MSE"}
+SETTING_LABELS = {"amad": "AMAD groups", "even": "evenly spaced groups", "small": "smaller SAEs"}
 
 def _series(ev:dict, kind:str="amad"):
     "The settings of one kind, sorted by G."
@@ -39,7 +41,7 @@ def fig_quality_vs_amad(ev:dict, metrics=("fvu", "delta_ce"), threshold:float|No
     fig, axs = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     x = [r["amad"] for r in s]
     for ax, m in zip(axs[0], metrics):
-        _band(ax, x, s, m, label="AMAD groups")
+        _band(ax, x, s, m, label=SETTING_LABELS["amad"])
         base = ev["settings"]["amad"].get(str(ev.get("baseline_G")))
         if base: ax.plot([base["amad"] or 0.0], [base["mean"][m]], marker="*", ms=12, color="k", ls="", label="per-layer baseline")
         gh = ev["settings"]["amad"].get(str(ev.get("G_hat")))
@@ -70,13 +72,13 @@ def fig_quality_vs_compute(ev:dict, costs:dict, metrics=("fvu", "delta_ce"), fai
     fig, axs = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     xg = relative_compute(costs, ev["G_hat"], L, fair)
     for ax, m in zip(axs[0], metrics):
-        _band(ax, x, s, m, label="AMAD groups")
+        _band(ax, x, s, m, label=SETTING_LABELS["amad"])
         gh = ev["settings"]["amad"].get(str(ev["G_hat"]))
         if gh: ax.plot([xg], [gh["mean"][m]], marker="o", ms=11, mfc="none", mec="C3", ls="", label=f"Ĝ = {ev['G_hat']}")
         for kind, mk, dx in (("even", "s", -0.01), ("small", "^", 0.01)):   # nudged apart: both sit at Ĝ's compute
             c = ev["settings"].get(kind, {}).get(str(ev["G_hat"]))
             if c: ax.errorbar([xg + dx * (max(x) - min(x) or 1)], [c["mean"][m]], yerr=[c["std"][m]], marker=mk, ls="", capsize=3,
-                              label="evenly spaced" if kind == "even" else "smaller SAEs")
+                              label=SETTING_LABELS[kind])
         ax.set_xlabel("training compute / baseline" + ("" if fair else " (paper's accounting)"))
         ax.set_ylabel(METRIC_LABELS.get(m, m))
     axs[0][0].legend(loc="best")
@@ -99,14 +101,14 @@ def fig_per_layer(ev:dict, G:int, kind:str="amad", metrics=("fvu", "delta_ce"), 
     fig, axs = plt.subplots(len(metrics), 1, figsize=(max(5, 0.28 * len(layers) + 2), 2.6 * len(metrics)), squeeze=False, sharex=True)
     w = 0.4 if base else 0.8
     for ax, m in zip(axs[:, 0], metrics):
-        ax.bar(layers - (w / 2 if base else 0), s["per_layer"][m], width=w, color=colors, label=f"{kind}, G = {G}")
+        ax.bar(layers - (w / 2 if base else 0), s["per_layer"][m], width=w, color=colors, label=f"{SETTING_LABELS.get(kind, kind)}, G = {G}")
         if base: ax.bar(layers + w / 2, base["per_layer"][m], width=w, color="0.7", label="per-layer baseline")
         for a, b in zip(layers[:-1], layers[1:]):
             if group_of[a] != group_of[b]: ax.axvline((a + b) / 2, color="k", ls="--", lw=0.8)
         ax.set_ylabel(METRIC_LABELS.get(m, m))
     axs[-1, 0].set_xlabel("layer"); axs[-1, 0].set_xticks(layers)
     axs[0, 0].legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
-    fig.suptitle(title or f"{kind} groups, G = {G}: " + " / ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in s["groups"]))
+    fig.suptitle(title or f"{SETTING_LABELS.get(kind, kind)}, G = {G}: " + " / ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in s["groups"]))
     fig.tight_layout()
     return fig
 
@@ -119,9 +121,7 @@ def table1(ev:dict) -> tuple:
     "Table 1 at Ĝ (baseline, AMAD groups, evenly spaced groups, smaller SAEs) as (markdown, csv) text."
     g = str(ev["G_hat"])
     rows = [("per-layer baseline", ev["settings"]["amad"].get(str(ev.get("baseline_G")))),
-            ("AMAD groups", ev["settings"]["amad"].get(g)),
-            ("evenly spaced groups", ev["settings"].get("even", {}).get(g)),
-            ("smaller SAEs", ev["settings"].get("small", {}).get(g))]
+            *((SETTING_LABELS[kind], ev["settings"].get(kind, {}).get(g)) for kind in ("amad", "even", "small"))]
     cols = ["setting", "G", "FVU", "ΔCE %", "KL", "L0", "dead", "ΔCE % all spliced"]
     md_rows, buf = [], io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -166,7 +166,8 @@ def plot_similarity(values:dict, # {layer: x}
     for i in range(1, len(layers)):
         if gid.get(layers[i]) != gid.get(layers[i - 1]): ax.axvline(i - 0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(layers)), [str(l) for l in layers])
-    ax.set_ylim(0, 1.05); ax.set_xlabel("layer"); ax.set_ylabel(title.split(" ")[0]); ax.set_title(title)
+    top = max(vals.values(), default=1.0)
+    ax.set_ylim(0, min(1.05, 1.25 * top + 0.02)); ax.set_xlabel("layer"); ax.set_ylabel(title.split(" ")[0]); ax.set_title(title)
     if not layers: ax.text(0.5, 0.5, "no layer shares an SAE at this G", ha="center", va="center", transform=ax.transAxes)
     return fig or ax.figure
 
@@ -222,15 +223,17 @@ def plot_similarity_grid(per_g:dict, # {G: {layer: x}}
             if l in per_g[G]: M[i, j] = float(per_g[G][l])
     fig = None
     if ax is None: fig, ax = plt.subplots(figsize=(max(4, 0.3 * len(layers) + 2.5), max(3, 0.25 * len(Gs) + 1.5)))
-    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    lo, hi = (np.nanmin(M), np.nanmax(M)) if np.isfinite(M).any() else (0.0, 1.0)
+    lo, hi = np.floor(lo * 20) / 20, max(np.ceil(hi * 20) / 20, np.floor(lo * 20) / 20 + 0.05)  # 0.05 steps
+    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", interpolation="nearest", cmap="viridis", vmin=lo, vmax=hi)
     ax.set_facecolor("0.9"); ax.grid(False)
     ax.set_xticks(range(len(layers)), [str(l) for l in layers]); ax.set_yticks(range(len(Gs)), [str(G) for G in Gs])
     if len(layers) * len(Gs) <= 120:
         for (i, j), v in np.ndenumerate(M):
-            if not np.isnan(v): ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+            if not np.isnan(v): ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < (lo + hi) / 2 else "k")
     if g_hat in Gs: ax.add_patch(plt.Rectangle((-0.5, Gs.index(g_hat) - 0.5), len(layers), 1, fill=False, ec="r", lw=1.5))
-    ax.set_xlabel("layer"); ax.set_ylabel("G"); ax.set_title(title)
-    (fig or ax.figure).colorbar(im, ax=ax, fraction=0.05)
+    ax.set_xlabel("layer"); ax.set_ylabel("G"); ax.set_title(title + "\n(grey: the layer has its own SAE at that G; red: Ĝ)")
+    (fig or ax.figure).colorbar(im, ax=ax, fraction=0.05, pad=0.02, label=title.split(":")[0])
     return fig or ax.figure
 
 def _metric_figure(sim:dict, key:str, label:str):
@@ -240,8 +243,9 @@ def _metric_figure(sim:dict, key:str, label:str):
     bars = f"{label} per layer at G = {G}"
     if len(per_g) < 2: return plot_similarity(sim.get(key, {}), bars, multi)
     n_l = len({l for v in per_g.values() for l in v})
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 0.5 * n_l + 4), max(3.2, 0.25 * len(per_g) + 1.5)),
-                                 gridspec_kw={"width_ratios": [1.4, 1]})
+    h_grid = max(3.2, 0.22 * len(per_g) + 1.5)                      # the grid above, the bars at Ĝ below
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(6, 0.32 * n_l + 2.5), h_grid + 3.2),
+                                 gridspec_kw={"height_ratios": [h_grid, 3.2]})
     plot_similarity_grid(per_g, f"{label}: group SAE vs baseline", G, a1)
     plot_similarity(sim.get(key, {}), bars, multi, a2)
     fig.tight_layout()
@@ -255,16 +259,20 @@ def similarity_figures(sim:dict # contents of results/P/similarity.json
     figs = {"fig8_mmcs": _metric_figure(sim, "mmcs", "MMCS"), "fig8_mmco": _metric_figure(sim, "mmco", "MMCO")}
     spread = sim.get("spread", {})
     n = max(len(spread), 1)
-    fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 6.4), squeeze=False)
+    n_col = min(n, 4); n_row = -(-n // n_col)                      # at most 4 groups side by side
+    fig, axes = plt.subplots(2 * n_row, n_col, figsize=(3.6 * n_col, 6.4 * n_row), squeeze=False)
+    for j in range(len(spread), n_row * n_col):                   # empty panels of the last row
+        for ax in axes[2 * (j // n_col):2 * (j // n_col) + 2, j % n_col]: ax.axis("off")
     for j, (name, s) in enumerate(sorted(spread.items(), key=lambda kv: kv[1]["layers"])):
+        heat, hist = axes[2 * (j // n_col), j % n_col], axes[2 * (j // n_col) + 1, j % n_col]
         counts = torch.tensor(s["counts"], dtype=torch.long).reshape(-1, len(s["layers"]))
-        plot_spread(counts, s["layers"], (axes[0, j], axes[1, j]),
+        plot_spread(counts, s["layers"], (heat, hist),
                     title=f"{name}\n{s['n_alive']} firing, dominant share {s['dominant_share_mean']:.2f}")
-        if j: axes[0, j].set_ylabel("")                               # one y label per row: the panels sit close
-        axes[1, j].clear()                                           # the histogram over every latent, not the sample
+        if j % n_col: heat.set_ylabel("")                           # one y label per row: the panels sit close
+        hist.clear()                                                # the histogram over every latent, not the sample
         h = s["layers_fired_hist"]
-        axes[1, j].bar(range(1, len(h) + 1), h, color="C0"); axes[1, j].set_xticks(range(1, len(h) + 1))
-        axes[1, j].set_xlabel("layers fired in"); axes[1, j].set_ylabel("latents" if j == 0 else "")
+        hist.bar(range(1, len(h) + 1), h, color="C0"); hist.set_xticks(range(1, len(h) + 1))
+        hist.set_xlabel("layers fired in"); hist.set_ylabel("latents" if j % n_col == 0 else "")
     if not spread:
         for ax in axes[:, 0]: ax.text(0.5, 0.5, "no multi-layer group", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
