@@ -15,8 +15,8 @@ from .data import keep_mask, prepare_data, special_ids, Split
 from .config import RunConfig, results_dir, save_json, load_json, atomic_write
 
 # %% auto #0
-__all__ = ['check_layers', 'residual_streams', 'iter_activations', 'estimate_scales', 'write_cache', 'ActivationCache',
-           'StudyInputs', 'study_inputs', 'run_activations', 'load_scales']
+__all__ = ['check_layers', 'residual_streams', 'to_device', 'iter_activations', 'estimate_scales', 'write_cache',
+           'ActivationCache', 'StudyInputs', 'study_inputs', 'run_activations', 'load_scales']
 
 # %% ../nbs/03_activations.ipynb #ddb16704
 class _StopForward(Exception): "Raised by the deepest hook to end the forward pass early."
@@ -38,7 +38,8 @@ def residual_streams(model, input_ids:torch.Tensor, layers=None, bf16:bool=False
     layers = check_layers(layers, len(bl))
     deepest = max(layers)
     rows = {l: [j for j, m in enumerate(layers) if m == l] for l in set(layers)}
-    pos = None if keep is None else keep.to(input_ids.device).flatten().nonzero().squeeze(1)
+    # nonzero where `keep` lives: a host mask costs no device sync, so a GPU never waits for the host here
+    pos = None if keep is None else keep.flatten().nonzero().squeeze(1).to(input_ids.device, non_blocking=True)
     shape = tuple(input_ids.shape) if keep is None else (len(pos),)
     # allocated outside inference mode, so callers may scale it in place
     out = torch.empty(len(layers), *shape, d_model(model), dtype=torch.float32, device=input_ids.device)
@@ -60,6 +61,12 @@ def residual_streams(model, input_ids:torch.Tensor, layers=None, bf16:bool=False
     return out
 
 # %% ../nbs/03_activations.ipynb #3a00effb
+def to_device(x:torch.Tensor, device) -> torch.Tensor:
+    "Copy a host tensor to `device`; to a GPU through pinned memory, without waiting for the copy."
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu": return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
 def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8, special=(), bf16:bool=False,
                      scales:torch.Tensor|None=None, progress:bool=True, desc:str="activations", with_ids:bool=False) -> Iterator:
     "Yield [n_layers, n_tokens, d_model] activations of the kept positions, batch by batch (and their token ids if `with_ids`)."
@@ -68,12 +75,12 @@ def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8,
     bar = tqdm(total=int(keep_mask(windows, special).sum()) if len(special) else windows.numel(), unit="tok",
                unit_scale=True, desc=desc, disable=not progress)
     for i in range(0, len(windows), batch_size):
-        ids = windows[i:i + batch_size].to(dev)
-        keep = keep_mask(ids, special) if len(special) else torch.ones_like(ids, dtype=torch.bool)
-        acts = residual_streams(model, ids, layers, bf16, keep)
+        ids = windows[i:i + batch_size]
+        keep = keep_mask(ids, special) if len(special) else torch.ones_like(ids, dtype=torch.bool)   # where the windows live
+        acts = residual_streams(model, to_device(ids, dev), layers, bf16, keep)
         if scales is not None: acts *= scales.to(acts.device)[:, None, None]
         n_tok += acts.shape[1]; bar.update(acts.shape[1])
-        yield (acts, ids[keep]) if with_ids else acts
+        yield (acts, to_device(ids[keep], dev)) if with_ids else acts
     bar.close()
     if progress: print(f"{desc}: {n_tok:,} tokens in {time.perf_counter() - t0:.1f} s "
                        f"({n_tok / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s)")

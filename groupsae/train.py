@@ -95,9 +95,9 @@ class Trainer:
             self.rows[s.name] = torch.tensor([pos[l] for l in s.layers], device=self.device)
             self.dead[s.name] = DeadLatentTracker(s.d_sae, sae_cfg.dead_tokens, self.device)
         n = len(self.specs)
-        self.step_idx, self.model_s, self.loss_steps, self.last = 0, 0.0, 0, {}
+        self.step_idx, self.loss_steps, self.last = 0, 0, {}
         self.tokens, self.flops = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-        self.clock = _Clock(n, self.device)
+        self.clock, self.fwd_clock = _Clock(n, self.device), _Clock(1, self.device)   # per-SAE steps; the model forward
         self.loss_sum = torch.zeros(n, 3, device=self.device)                          # fvu, auxk, loss since the last log
         self.aux_tokens = torch.zeros(n, 2, dtype=torch.long, device=self.device)      # Σ n·m and Σ n·min(k_aux, m) for FLOPs
         self.bad_step = torch.full((n,), -1, dtype=torch.long, device=self.device)     # first step with a non-finite loss
@@ -114,6 +114,15 @@ def _scaled(self:Trainer, acts:Tensor) -> Tensor:
     bad = ~torch.isfinite(x.sum((1, 2)))                       # one reduction per layer, no host sync
     self.bad_input = torch.where((self.bad_input < 0) & bad, self.step_idx, self.bad_input)
     return x
+
+@patch(as_prop=True)
+def model_s(self:Trainer) -> float: return self.fwd_clock.read()[0]   # seconds in the model forward
+
+@patch
+def next_batch(self:Trainer, it) -> Tensor:
+    "The next batch of activations from the iterator `it`, its model forward timed (CUDA events on a GPU: no host sync)."
+    self.fwd_clock.start(); acts = next(it); self.fwd_clock.stop(0)
+    return acts
 
 @patch
 def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
@@ -200,7 +209,7 @@ def load_state_dict(self:Trainer, sd:dict):
     for n in self.saes:
         self.saes[n].load_state_dict(sd["saes"][n]); self.opts[n].load_state_dict(sd["opts"][n])
         self.gens[n].set_state(sd["gens"][n]); self.dead[n].load_state_dict(sd["dead"][n])
-    self.step_idx, self.model_s, self.loss_steps = sd["step"], sd["model_s"], sd["loss_steps"]
+    self.step_idx, self.fwd_clock.total, self.loss_steps = sd["step"], [sd["model_s"]], sd["loss_steps"]
     self.tokens, self.flops, self.clock.total = dict(sd["tokens"]), dict(sd["flops"]), list(sd["wall"])
     for a in ("loss_sum", "aux_tokens", "bad_step", "bad_input"): getattr(self, a).copy_(sd[a])
     torch.set_rng_state(sd["torch_rng"])
@@ -267,8 +276,7 @@ def fit(trainer:Trainer, model,
     bar = tqdm(total=n_steps, initial=trainer.step_idx, desc=f"training {len(trainer.specs)} SAEs",
                disable=not progress or rank_world()[0] != 0)
     while trainer.step_idx < n_steps:
-        t0 = time.perf_counter(); acts = next(it); trainer.model_s += time.perf_counter() - t0
-        trainer.step(acts); bar.update(1)
+        trainer.step(trainer.next_batch(it)); bar.update(1)
         s = trainer.step_idx
         if s % log_every == 0 or s == n_steps:
             _check_all(trainer)
