@@ -280,7 +280,9 @@ def _smollm2_cpu() -> RunConfig:
     return RunConfig(
         preset="smollm2-cpu", n_threads=2,
         data=DataConfig(context_len=256, batch_size=8, n_train_tokens=100_000, n_eval_tokens=16_384),
-        activations=ActivationsConfig(n_scale_tokens=16_384),
+        # the model forward of scales, distances and training under bf16 autocast (its weights are 4-bit GGUF already):
+        # 1.7-2x faster on CPUs with bf16 units; evaluation and interp run the model in fp32
+        activations=ActivationsConfig(n_scale_tokens=16_384, bf16=True),
         distances=DistanceConfig(n_tokens=100_000, centre=True),        # the training tokens; Ĝ is stable from 16k tokens
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
         # 50 steps instead of the paper's ~7,600: 10x the paper's learning rate (same width rule) halves the FVU;
