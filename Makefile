@@ -34,7 +34,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir nbs
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_extract.py --rounds 9 --batches 3
 	$(BIN)/python bench/bench_sae.py
 
 readme: $(STAMP)
