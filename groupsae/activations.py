@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_activations.ipynb #c3cac00c
 from __future__ import annotations
-import contextlib, json, shutil, time
+import contextlib, json, time
 from pathlib import Path
 from typing import Iterator, NamedTuple
 import numpy as np

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses, hashlib, json, math, os, random, re, tempfile
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
-from typing import Any
 import numpy as np
 import torch
 

@@ -8,7 +8,7 @@ import itertools, math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .config import RunConfig, results_dir, save_json, load_json, savefig, use_style
+from .config import RunConfig, results_dir, save_json, use_style
 from .activations import study_inputs, iter_activations
 
 # %% auto #0

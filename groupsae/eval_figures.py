@@ -6,7 +6,6 @@
 from __future__ import annotations
 import csv, io
 import numpy as np
-import matplotlib
 import matplotlib.pyplot as plt
 from .config import use_style
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import importlib
 from pathlib import Path
-from .config import RunConfig, results_dir, figures_dir, savefig, load_json, atomic_write, use_style, get_preset
+from .config import RunConfig, results_dir, figures_dir, savefig, load_json, atomic_write, use_style
 from .grouping import PUBLISHED_PARTITIONS
 
 # %% auto #0

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import csv, io, itertools
 import numpy as np
-from .config import RunConfig, results_dir, save_json, load_json, savefig, atomic_write, use_style
+from .config import RunConfig, results_dir, save_json, load_json, atomic_write, use_style
 
 # %% auto #0
 __all__ = ['METHODS', 'PUBLISHED_PARTITIONS', 'check_distances', 'diameter', 'amad', 'amad_weighted', 'select_g',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sae.ipynb #ad867b0c
 from __future__ import annotations
-import json, math
+import json
 from pathlib import Path
 from typing import NamedTuple
 import torch

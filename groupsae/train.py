@@ -15,7 +15,7 @@ from .config import RunConfig, SAEConfig, TrainConfig, ConfigError, override, re
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
 from .activations import iter_activations, study_inputs, load_scales
-from .study import SAESpec, group_name, specs_for_study, study_layout, suite_costs
+from .study import SAESpec, specs_for_study, study_layout, suite_costs
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
 # %% auto #0
