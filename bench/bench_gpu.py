@@ -19,7 +19,8 @@ import torch
 from groupsae.activations import iter_activations
 from groupsae.config import SAEConfig, TrainConfig
 from groupsae.flops import paper_costs
-from groupsae.grouping import PUBLISHED_PARTITIONS, even_groups
+from groupsae.grouping import even_groups
+from groupsae.paper import PUBLISHED_PARTITIONS
 from groupsae.models import pythia_config, random_model
 from groupsae.study import SAESpec, group_name
 from groupsae.train import Trainer

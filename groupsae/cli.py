@@ -17,20 +17,23 @@ __all__ = ['STAGES', 'STAGE_NAMES', 'EPILOG', 'Stage', 'stage_keys', 'load_recor
 # %% ../nbs/12_cli.ipynb #579df8ca
 @dataclass(frozen=True)
 class Stage:
-    "One step of the study: the runner to call and the config sections it depends on."
+    "One step of the study: the runner to call, the config sections it depends on, the results it draws."
     name:str # sub-command name
     module:str # module holding the runner
     runner:str # runner function name, called as runner(cfg, root)
     sections:tuple # config sections this stage reads
     help:str # one line for --help
+    draws:tuple=() # results files whose figures and tables are redrawn (11_figures) once the runner has written them
 
 STAGES = (
     Stage("activations", "groupsae.activations", "run_activations", ("seed", "model", "data", "activations"),
           "load the model, estimate each layer's input scale (results/P/scales.json)"),
     Stage("distances", "groupsae.distances", "run_distances", ("distances",),
-          "angular distances between every pair of layers (results/P/distances.json)"),
+          "angular distances between every pair of layers (results/P/distances.json)", ("distances.json",)),
     Stage("group", "groupsae.grouping", "run_grouping", ("grouping",),
-          "partitions and AMAD for every G, the chosen G-hat, compute costs (groups.json, costs.json)"),
+          "partitions and AMAD for every G, the chosen G-hat (groups.json)", ("groups.json",)),
+    Stage("costs", "groupsae.flops", "run_costs", ("sae",),
+          "compute model at G-hat: FLOPs of the activations and of one SAE, Table 2 (costs.json)", ("costs.json",)),
     Stage("train", "groupsae.train", "run_training", ("sae", "train"),
           "train the per-layer baseline, the group SAEs of every G and the controls (runs/P/saes/)"),
     Stage("evaluate", "groupsae.evaluate", "run_evaluation", ("eval",),
@@ -38,7 +41,7 @@ STAGES = (
     Stage("interp", "groupsae.interp_study", "run_interp", ("interp",),
           "automatic interpretability: explanations, detection and fuzzing scores (interp.json)"),
     Stage("similarity", "groupsae.similarity", "run_similarity", ("similarity",),
-          "MMCS, MMCO and feature spread of group SAEs against the baseline (similarity.json)"),
+          "MMCS, MMCO and feature spread of group SAEs against the baseline (similarity.json)", ("similarity.json",)),
     Stage("figures", "groupsae.figures", "make_figures", (),
           "redraw every paper figure and table from results/P into figures/P"),
 )
@@ -89,6 +92,9 @@ def run_stages(cfg:RunConfig, names=STAGE_NAMES, root=None, force:bool=False, st
         log(f"[{s.name}] {s.help}")
         t0 = time.perf_counter()
         _runner(s)(cfg, root)
+        if s.draws:
+            from groupsae.figures import draw   # every figure comes from its saved results file
+            for f in s.draws: draw(cfg.preset, f, root)
         times[s.name] = round(time.perf_counter() - t0, 1)
         record[s.name] = keys[s.name]
         save_json(record, _record_path(cfg, root))

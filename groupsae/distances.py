@@ -87,6 +87,4 @@ def run_distances(cfg:RunConfig, root=None, progress:bool=True) -> dict:
     out = {"layers": inp.layers, "matrix": d.tolist(), "n_tokens": est.n_tokens, "centre": cfg.distances.centre,
            "config_hash": cfg.hash()}
     save_json(out, results_dir(cfg.preset, root) / "distances.json")
-    from groupsae.figures import draw   # figures come from the saved file, exactly as 11_figures redraws them
-    draw(cfg.preset, "distances.json", root)
     return out

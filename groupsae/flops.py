@@ -8,11 +8,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig
 from .models import pythia_config, random_model, tiny_config, PYTHIA_SHAPES, load_model, blocks, block_output, final_norm
-from .config import RunConfig, results_dir, save_json
+from .config import RunConfig, results_dir, save_json, load_json
+from .paper import PUBLISHED_PARTITIONS, PAPER_TABLE2
 
 # %% auto #0
 __all__ = ['SMOLLM2_CONFIG', 'config_for', 'forward_flops', 'sae_step_flops', 'measure_costs', 'paper_costs', 'suite_cost',
-           'costs_table', 'table2_markdown', 'run_costs']
+           'costs_table', 'table2_row', 'table2_markdown', 'run_costs']
 
 # %% ../nbs/05a_flops.ipynb #ac876c20
 SMOLLM2_CONFIG = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
@@ -41,14 +42,16 @@ def forward_flops(model, seq_len:int=1024) -> int:
     return fc.get_total_flops()
 
 def sae_step_flops(d_model:int, expansion:int=16, n:int=1024) -> int:
-    "FLOPs of one training step (forward and backward) of a dense SAE with d_sae = expansion·d_model on n tokens."
+    "FLOPs of one training step of a dense ReLU SAE (d_sae = expansion·d_model) on n tokens, counted as the paper did."
     d_sae = expansion * d_model
     with torch.device("meta"):
         x = torch.empty(n, d_model)
         W_enc, W_dec = torch.empty(d_sae, d_model, requires_grad=True), torch.empty(d_sae, d_model, requires_grad=True)
         b_enc, b_dec = torch.empty(d_sae, requires_grad=True), torch.empty(d_model, requires_grad=True)
     with FlopCounterMode(display=False) as fc:
-        z = torch.relu((x - b_dec) @ W_enc.T + b_enc)
+        # The encoder's input is data: it needs no gradient (b_dec's share through the encoder is a vector
+        # product, not a matrix one), so detaching it drops the one product a training step never computes.
+        z = torch.relu((x - b_dec).detach() @ W_enc.T + b_enc)
         loss = ((z @ W_dec + b_dec - x) ** 2).sum()
         loss.backward()
     return fc.get_total_flops()
@@ -77,17 +80,30 @@ def costs_table(models:dict) -> list:
     for name, (L, g) in models.items():
         c = paper_costs(name)
         p, f = suite_cost(c["A"], c["T"], L, g, "paper"), suite_cost(c["A"], c["T"], L, g, "fair")
-        rows.append({"model": name, "L": L, "G_hat": g, "A": c["A"], "T": c["T"], "baseline": p["baseline"],
-                     "grouped_paper": p["grouped"], "grouped_fair": f["grouped"], "saving_paper": p["saving"], "saving_fair": f["saving"]})
+        rows.append(table2_row(name, c["A"], c["T"], L, g))
     return rows
+
+def table2_row(model:str, A:float, T:float, n_layers:int, G:int) -> dict:
+    "One row of Table 2: both accountings, and the paper's published totals where it printed them."
+    p, f = suite_cost(A, T, n_layers, G, "paper"), suite_cost(A, T, n_layers, G, "fair")
+    row = {"model": model, "L": n_layers, "G_hat": G, "A": A, "T": T, "baseline": p["baseline"], "grouped_paper": p["grouped"],
+           "grouped_fair": f["grouped"], "saving_paper": p["saving"], "saving_fair": f["saving"]}
+    if (pub := PAPER_TABLE2.get(model)) and pub["G_hat"] == G:
+        row |= {"published_baseline": pub["baseline"], "published_grouped": pub["grouped"], "published_saving": pub["saving"]}
+    return row
 
 def table2_markdown(costs) -> str:
     "Table 2 (FLOPs at 1B tokens per SAE) as Markdown, from rows or from a costs.json dict holding 'table2'."
     rows = costs["table2"] if isinstance(costs, dict) else costs
-    head = "| model | L | Ĝ | A | T | A + L·T | A + Ĝ·T | A + (Ĝ+1)·T | saving (paper) | saving (fair) |\n" + "|---" * 10 + "|\n"
-    return head + "".join(f"| {r['model']} | {r['L']} | {r['G_hat']} | {r['A']:.3g} | {r['T']:.3g} | {r['baseline']:.3g} | "
-                          f"{r['grouped_paper']:.3g} | {r['grouped_fair']:.3g} | {100 * r['saving_paper']:.1f}% | "
-                          f"{100 * r['saving_fair']:.1f}% |\n" for r in rows)
+    e18 = lambda x: f"{x / 1e18:.3g}"
+    def pub(r, key, fmt): return f" ({fmt(r['published_' + key])})" if "published_" + key in r else ""
+    head = ("FLOPs ×10^18 for 1B training tokens per SAE; the paper's published values in parentheses.\n\n"
+            "| model | L | Ĝ | A | T | A + L·T | A + Ĝ·T | A + (Ĝ+1)·T | saving (paper) | saving (fair) |\n" + "|---" * 10 + "|\n")
+    pct = lambda x: f"{100 * x:.1f}%"
+    return head + "".join(f"| {r['model']} | {r['L']} | {r['G_hat']} | {e18(r['A'])} | {e18(r['T'])} | "
+                          f"{e18(r['baseline'])}{pub(r, 'baseline', e18)} | {e18(r['grouped_paper'])}{pub(r, 'grouped', e18)} | "
+                          f"{e18(r['grouped_fair'])} | {pct(r['saving_paper'])}{pub(r, 'saving', pct)} | {pct(r['saving_fair'])} |\n"
+                          for r in rows)
 
 # %% ../nbs/05a_flops.ipynb #4091229a
 def _builtin_name(model_name:str) -> str|None:
@@ -96,21 +112,20 @@ def _builtin_name(model_name:str) -> str|None:
         if model_name.startswith(f"EleutherAI/pythia-{size}"): return f"pythia-{size}"
     return None
 
-def run_costs(cfg:RunConfig, g_hat:int, root=None) -> dict:
-    "A, T and the suite savings at Ĝ for the run's model (1B tokens, the run's expansion); writes costs.json."
-    from groupsae.grouping import PUBLISHED_PARTITIONS
+def run_costs(cfg:RunConfig, root=None) -> dict:
+    "A, T and the suite savings at the Ĝ of groups.json for the run's model (1B tokens, the run's expansion); writes costs.json."
+    res = results_dir(cfg.preset, root)
+    g_hat = int(load_json(res / "groups.json")["G_hat"])
     name = _builtin_name(cfg.model.name)
     if name: c = paper_costs(name, expansion=cfg.sae.expansion)
     else:
         model, _ = load_model(cfg.model.name)
         c = measure_costs(random_model(model.config, device="meta"), model.config.hidden_size, expansion=cfg.sae.expansion)
     L = c["n_layers"]
-    p, f = suite_cost(c["A"], c["T"], L, g_hat, "paper"), suite_cost(c["A"], c["T"], L, g_hat, "fair")
-    table = costs_table({m: (v[0], v[1]) for m, v in PUBLISHED_PARTITIONS.items()})
-    table.append({"model": cfg.model.name, "L": L, "G_hat": g_hat, "A": c["A"], "T": c["T"], "baseline": p["baseline"],
-                  "grouped_paper": p["grouped"], "grouped_fair": f["grouped"], "saving_paper": p["saving"], "saving_fair": f["saving"]})
-    out = c | {"G_hat": g_hat, "saving_paper": p["saving"], "saving_fair": f["saving"], "table2": table,
+    row = table2_row(cfg.model.name, c["A"], c["T"], L, g_hat)
+    table = costs_table({m: (v[0], v[1]) for m, v in PUBLISHED_PARTITIONS.items()}) + [row]
+    out = c | {"G_hat": g_hat, "saving_paper": row["saving_paper"], "saving_fair": row["saving_fair"], "table2": table,
                "per_G": {G: {"paper": suite_cost(c["A"], c["T"], L, G)["saving"],
                              "fair": suite_cost(c["A"], c["T"], L, G, "fair")["saving"]} for G in range(1, L)}}
-    save_json(out, results_dir(cfg.preset, root) / "costs.json")
+    save_json(out, res / "costs.json")
     return out

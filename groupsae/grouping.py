@@ -9,9 +9,8 @@ import numpy as np
 from .config import RunConfig, results_dir, save_json, load_json, atomic_write, use_style
 
 # %% auto #0
-__all__ = ['METHODS', 'PUBLISHED_PARTITIONS', 'check_distances', 'diameter', 'amad', 'amad_weighted', 'select_g',
-           'dp_segmentation', 'partitions', 'even_groups', 'plot_amad', 'partition_table', 'partition_csv',
-           'run_grouping']
+__all__ = ['METHODS', 'check_distances', 'diameter', 'amad', 'amad_weighted', 'select_g', 'dp_segmentation', 'partitions',
+           'even_groups', 'plot_amad', 'partition_table', 'partition_csv', 'run_grouping']
 
 # %% ../nbs/05_grouping.ipynb #b971555a
 METHODS = ("paper", "contiguous", "dp", "authors-code")
@@ -106,14 +105,6 @@ def even_groups(n_layers:int, G:int) -> list:
     if not 1 <= G <= n_layers: raise ValueError(f"G={G} must be in 1..{n_layers}")
     return [a.tolist() for a in np.array_split(np.arange(n_layers), G)]
 
-def _runs(spec:str) -> list:
-    return [list(range(int(a), int(b or a) + 1)) for a, _, b in (p.strip().partition("-") for p in spec.split("/"))]
-
-PUBLISHED_PARTITIONS = {  # model: (n_layers, G_hat, AMAD, groups) from PAPER.md
-    "pythia-160m": (12, 6, 0.179, _runs("0-1 / 2 / 3-4 / 5-6 / 7-8 / 9-10")),
-    "pythia-410m": (24, 9, 0.187, _runs("0-2 / 3-4 / 5-6 / 7-10 / 11-12 / 13-15 / 16-18 / 19-20 / 21-22")),
-    "pythia-1b": (16, 6, 0.191, _runs("0-1 / 2-4 / 5-8 / 9-10 / 11-12 / 13-14")),
-}
 
 # %% ../nbs/05_grouping.ipynb #b77509e3
 def plot_amad(amads:dict, threshold:float=0.2, g_hat:int|None=None, amads_weighted:dict|None=None, title:str|None=None):
@@ -148,7 +139,7 @@ def partition_csv(parts:dict, amads:dict) -> str:
 
 # %% ../nbs/05_grouping.ipynb #c315b85a
 def run_grouping(cfg:RunConfig, root=None) -> dict:
-    "Partitions, AMAD and Ĝ from results/<preset>/distances.json; writes groups.json and figure 2."
+    "Partitions, AMAD and Ĝ from results/<preset>/distances.json; writes groups.json and the partition tables."
     res = results_dir(cfg.preset, root)
     dj = load_json(res / "distances.json")
     layers, d = list(dj["layers"]), check_distances(dj["matrix"])
@@ -165,10 +156,4 @@ def run_grouping(cfg:RunConfig, root=None) -> dict:
     save_json(out, res / "groups.json")
     named = {G: out["partitions"][G] for G in parts}
     atomic_write(res / "partitions.md", partition_table(named, am)); atomic_write(res / "partitions.csv", partition_csv(named, am))
-    from groupsae.figures import draw   # figures come from the saved file, exactly as 11_figures redraws them
-    draw(cfg.preset, "groups.json", root)
-    try:   # the compute model (05a_flops) when this version has it
-        from groupsae import flops
-        flops.run_costs(cfg, g_hat, root)
-    except ImportError: pass
     return out

@@ -11,7 +11,8 @@ import torch
 from .config import RunConfig, ConfigError, get_preset
 from .models import random_model
 from .flops import config_for, paper_costs, _builtin_name
-from .grouping import PUBLISHED_PARTITIONS, partitions, amad, amad_weighted, select_g, even_groups
+from .paper import PUBLISHED_PARTITIONS
+from .grouping import partitions, amad, amad_weighted, select_g, even_groups
 from .study import SAESpec, group_name, specs_for_study, study_layout
 from .train import Trainer, sae_step_flops
 from .distributed import assign_ranks

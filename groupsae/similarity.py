@@ -349,8 +349,6 @@ def run_similarity(cfg:RunConfig, root=None,
                           for n, v in by_sae.items()},
            "n_tokens": n_seen, "max_latents": max_latents, "config_hash": cfg.hash(), "seconds": time.perf_counter() - t0}
     save_json(out, res / "similarity.json")
-    from groupsae.figures import draw   # from the saved file, exactly as 11_figures redraws it
-    draw(cfg.preset, "similarity.json", root)
     mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")
     log(f"[similarity] G_hat={G_hat}: layers {out['layers']}, {n_seen:,} tokens, mean MMCS {mean(out['mmcs']):.3f}, "
         f"mean MMCO {mean(out['mmco']):.3f}; {len(by_sae)} group SAEs over G={Gs} in {out['seconds']:.0f} s")

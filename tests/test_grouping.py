@@ -1,7 +1,8 @@
 """The DESIGN.md contract of grouping and flops, from the installed package, on parametrized inputs."""
 import itertools
 import numpy as np, pytest
-from groupsae.grouping import amad, partitions, select_g, even_groups, PUBLISHED_PARTITIONS
+from groupsae.grouping import amad, partitions, select_g, even_groups
+from groupsae.paper import PUBLISHED_PARTITIONS
 from groupsae.flops import paper_costs
 
 def block_matrix(sizes, seed=0):
