@@ -122,6 +122,7 @@ class TrainConfig:
     betas:tuple=(0.9, 0.999) # Adam
     clip:float=1.0 # gradient-norm clip
     bf16:bool=False # bf16 autocast for the SAE step
+    seeds:int=1 # seeds of the arms the claims rest on (baseline, Ĝ, even, small at Ĝ); replicas train in a second pass
     checkpoint_every:int=0 # steps between checkpoints; 0 = only at the end
     log_every:int=10 # steps between logged losses
     wandb:bool=False # log to Weights & Biases (optional, off by default)
@@ -130,6 +131,8 @@ class TrainConfig:
         _check(self.lr is None or self.lr > 0, "train.lr", "must be positive or None", "use None for the paper's rule")
         _check(self.lr_base > 0, "train.lr_base", "must be positive", "use 2e-4, the paper's")
         _check(self.clip > 0, "train.clip", "must be positive", "use 1.0")
+        _check(isinstance(self.seeds, int) and self.seeds >= 1, "train.seeds", f"{self.seeds!r} is not a positive integer",
+               "use 1 for one seed, 3 for a spread")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", "use 0 to checkpoint only at the end")
         self.betas = tuple(self.betas)
 
@@ -286,7 +289,7 @@ def _smollm2_cpu() -> RunConfig:
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
         # 50 steps instead of the paper's ~7,600: 10x the paper's learning rate (same width rule) halves the FVU;
         # bf16 products on the CPU's matrix units, fp32 weights and Adam
-        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20),
+        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
         eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat"),  # ΔCE: one resumed forward per pair
         interp=InterpConfig(n_latents=4, n_tokens=32_768),
         similarity=SimilarityConfig(n_tokens=4_096))

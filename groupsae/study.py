@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .config import SAEConfig, ConfigError
 
 # %% auto #0
-__all__ = ['group_name', 'SAESpec', 'small_width', 'specs_for_study', 'study_layout', 'suite_costs']
+__all__ = ['group_name', 'SAESpec', 'small_width', 'specs_for_study', 'seed_name', 'seed_of', 'study_layout', 'suite_costs']
 
 # %% ../nbs/07b_study.ipynb #a1afa750
 def group_name(layers) -> str:
@@ -52,8 +52,9 @@ def _check_groups(groups_json:dict, n_layers:int) -> list:
 
 def specs_for_study(groups_json:dict, # contents of results/P/groups.json
                     n_layers:int, d_model:int, sae_cfg:SAEConfig,
-                    baseline:bool=True, grouped:bool=True, even:bool=True, small:bool=True) -> list:
-    "Deduplicated SAESpecs of a study: per-layer baseline, the groups of every G, even groups and small SAEs at Ĝ."
+                    baseline:bool=True, grouped:bool=True, even:bool=True, small:bool=True,
+                    seeds:int=1) -> list: # seeds of the arms the claims rest on (baseline, Ĝ, even, small)
+    "Deduplicated SAESpecs of a study: per-layer baseline, the groups of every G, even groups and small SAEs at Ĝ, and their seed replicas."
     layers = _check_groups(groups_json, n_layers)
     d_sae, k, g_hat = sae_cfg.d_sae(d_model), sae_cfg.k, int(groups_json["G_hat"])
     specs, seen = [], set()
@@ -71,10 +72,26 @@ def specs_for_study(groups_json:dict, # contents of results/P/groups.json
     if small:
         d_small = small_width(sae_cfg.expansion, g_hat, n_layers, d_model)
         for l in layers: add("small-" + group_name([l]), [l], d_small, min(k, d_small))
+    if seeds > 1:   # replicas of the SAEs of the claim arms: same layers and width, another initialisation and layer draws
+        by_name, claim = {s.name: s for s in specs}, {}
+        arms = study_layout(groups_json, n_layers)
+        for arm, on in (("baseline", baseline), ("ghat", grouped), ("even", even), ("small", small)):
+            if on: claim.update(dict.fromkeys(arms["G"][g_hat].values() if arm == "ghat" else arms[arm].values()))
+        for seed in range(1, seeds):
+            for n in claim:
+                if n in by_name: add(seed_name(n, seed), by_name[n].layers, by_name[n].d_sae, by_name[n].k)
     return specs
 
-def study_layout(groups_json:dict, n_layers:int) -> dict:
-    "Name of the SAE serving each layer in every arm: 'baseline', 'G' (each G), 'even' and 'small' (at Ĝ)."
+def seed_name(name:str, seed:int) -> str:
+    "Name of seed `seed`'s replica of SAE `name`: the name itself for seed 0, 'L03@s1' for seed 1."
+    return name if seed == 0 else f"{name}@s{seed}"
+
+def seed_of(name:str) -> int:
+    "The seed of an SAE name ('L03' -> 0, 'L03@s2' -> 2)."
+    return int(name.rpartition("@s")[2]) if "@s" in name else 0
+
+def study_layout(groups_json:dict, n_layers:int, seeds:int=1) -> dict:
+    "Name of the SAE serving each layer in every arm: 'baseline', 'G' (each G), 'even', 'small' (at Ĝ), and per seed the claim arms."
     grouped = set(_check_groups(groups_json, n_layers))
     def arm(groups, prefix=""):
         out = {l: group_name([l]) for l in range(n_layers) if l not in grouped}  # the last layer keeps its SAE
@@ -82,10 +99,13 @@ def study_layout(groups_json:dict, n_layers:int) -> dict:
             for l in g: out[l] = (prefix if len(g) > 1 else "") + group_name(g)
         return dict(sorted(out.items()))
     g_hat = int(groups_json["G_hat"])
-    return {"baseline": {l: group_name([l]) for l in range(n_layers)},
-            "G": {G: arm(gs) for G, gs in sorted(_int_keys(groups_json["partitions"]).items())},
-            "even": arm(_int_keys(groups_json.get("even_groups", {})).get(g_hat, []), "even-"),
-            "small": {l: ("small-" if l in grouped else "") + group_name([l]) for l in range(n_layers)}}
+    out = {"baseline": {l: group_name([l]) for l in range(n_layers)},
+           "G": {G: arm(gs) for G, gs in sorted(_int_keys(groups_json["partitions"]).items())},
+           "even": arm(_int_keys(groups_json.get("even_groups", {})).get(g_hat, []), "even-"),
+           "small": {l: ("small-" if l in grouped else "") + group_name([l]) for l in range(n_layers)}}
+    claim = {"baseline": out["baseline"], "ghat": out["G"][g_hat], "even": out["even"], "small": out["small"]}
+    out["seeds"] = {s: {a: {l: seed_name(n, s) for l, n in m.items()} for a, m in claim.items()} for s in range(seeds)}
+    return out
 
 # %% ../nbs/07b_study.ipynb #ca06e7d2
 def suite_costs(acct:dict, layout:dict, model_s:float) -> dict:

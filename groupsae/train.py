@@ -15,12 +15,12 @@ from .config import RunConfig, SAEConfig, TrainConfig, ConfigError, override, re
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
 from .activations import iter_activations, study_inputs, load_scales
-from .study import SAESpec, specs_for_study, study_layout, suite_costs
+from .study import SAESpec, specs_for_study, study_layout, suite_costs, seed_of
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
 # %% auto #0
 __all__ = ['draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFiniteError', 'Trainer', 'save_checkpoint', 'load_checkpoint',
-           'fit', 'wandb_logger', 'run_training']
+           'fit', 'wandb_logger', 'training_passes', 'run_training']
 
 # %% ../nbs/07_train.ipynb #55973606
 def draw_layers(acts:Tensor, # [n_rows, n_tokens, d_model] activations of the trainer's layers
@@ -302,19 +302,14 @@ def wandb_logger(enabled:bool, name:str, config:dict):
     return lambda step, last: run.log({f"{n}/{k}": v for n, d in last.items() for k, v in d.items()}, step=step)
 
 # %% ../nbs/07_train.ipynb #2e7baf58
-def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
-    "The `train` stage: every SAE of the study from one pass over the training tokens; writes saes/ and train.json."
-    rank, world, device = init_distributed(cfg.model.device)
-    res, runs = results_dir(cfg.preset, root), runs_dir(cfg.preset, root)
-    groups = load_json(res / "groups.json")
-    inp = study_inputs(override(cfg, **{"model.device": device}))
-    n_layers, d_model, scales = len(blocks(inp.model)), inp.model.config.hidden_size, load_scales(cfg.preset, root)
-    specs = specs_for_study(groups, n_layers, d_model, cfg.sae)
+def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:Path, ckpt_name:str, progress:bool=True) -> dict|None:
+    "Train `specs` from one pass over the training windows, save them under runs/saes; rank 0 gets their accounting."
+    rank, world = rank_world()
+    device = next(inp.model.parameters()).device
     owner = assign_ranks([sae_step_flops(1, d_model, s.d_sae, s.k) for s in specs], world)
     mine = [s for s, r in zip(specs, owner) if r == rank]
-    t0 = time.perf_counter()
     trainer = Trainer(mine, d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, device=device)
-    ckpt = shard_path(runs / "train_ckpt.pt", rank, world)
+    ckpt = shard_path(runs / ckpt_name, rank, world)
     log_fn = wandb_logger(cfg.train.wandb, f"{cfg.preset}-train-rank{rank}", cfg.to_dict())
     fit(trainer, inp.model, inp.split.train, cfg.train.n_tokens, cfg.data.batch_size, inp.special, cfg.activations.bf16,
         ckpt, cfg.train.checkpoint_every, cfg.train.log_every, progress, log_fn=log_fn, restart_stale=True)
@@ -324,7 +319,6 @@ def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
                                       saes={n: {k: v.cpu() for k, v in s.state_dict().items()} for n, s in trainer.saes.items()}))
     out = None
     if rank == 0:
-        acct = {n: a for p in parts for n, a in p["acct"].items()}
         for p in parts:
             for name, sae in p["saes"].items():
                 if isinstance(sae, dict):   # another rank's weights: rebuild the SAE around them
@@ -333,13 +327,48 @@ def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
                                            [scales[l] for l in spec.layers])
                     sae.load_state_dict(sd)
                 sae.save(runs / "saes" / name)
-        model_s = max(p["model_s"] for p in parts)
-        layout = study_layout(groups, n_layers)
+        out = {"acct": {n: a for p in parts for n, a in p["acct"].items()}, "model_s": max(p["model_s"] for p in parts),
+               "n_steps": trainer.step_idx}
+    barrier()
+    ckpt.unlink(missing_ok=True)
+    return out
+
+def training_passes(specs:list) -> list:
+    "The study's SAEs in passes over the data: seed 0's study first, then every seed replica (peak memory vs one more forward)."
+    passes = [[s for s in specs if seed_of(s.name) == 0], [s for s in specs if seed_of(s.name) > 0]]
+    return [p for p in passes if p]
+
+def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
+    "The `train` stage: every SAE of the study, seed 0's from one pass over the training tokens and the seed replicas from a second; writes saes/ and train.json."
+    rank, world, device = init_distributed(cfg.model.device)
+    res, runs = results_dir(cfg.preset, root), runs_dir(cfg.preset, root)
+    groups = load_json(res / "groups.json")
+    inp = study_inputs(override(cfg, **{"model.device": device}))
+    n_layers, d_model, scales = len(blocks(inp.model)), inp.model.config.hidden_size, load_scales(cfg.preset, root)
+    specs = specs_for_study(groups, n_layers, d_model, cfg.sae, seeds=cfg.train.seeds)
+    t0, acct, passes = time.perf_counter(), {}, []
+    for i, todo in enumerate(training_passes(specs)):
+        done = runs / f"train_pass{i}.json"   # a finished pass is not redone when a later one is interrupted
+        key = hashlib.sha256((cfg.hash() + "".join(s.name for s in todo)).encode()).hexdigest()[:12]
+        prev = load_json(done) if rank == 0 and done.exists() else None
+        if prev and prev.get("key") == key and all((runs / "saes" / s.name).exists() for s in todo):
+            if progress: print(f"train: pass {i + 1} ({len(todo)} SAEs) already done, kept")
+            out = prev
+        else:
+            out = _train_pass(cfg, inp, todo, scales, d_model, runs, "train_ckpt.pt" if i == 0 else f"train_ckpt_pass{i}.pt", progress)
+            if rank == 0: save_json(out | {"key": key}, done)
+        if rank == 0: acct |= out["acct"]; passes.append({"n_saes": len(todo), "n_steps": out["n_steps"], "model_forward_s": out["model_s"]})
+    out = None
+    if rank == 0:
+        model_s = passes[0]["model_forward_s"]        # the costs compare arms of seed 0's study, which shared one forward
+        layout = study_layout(groups, n_layers, cfg.train.seeds)
         out = {"config_hash": cfg.hash(), "world_size": world, "device": str(device), "n_saes": len(specs),
-               "n_steps": trainer.step_idx, "tokens_per_sae": max(a["tokens"] for a in acct.values()),
+               "n_seeds": cfg.train.seeds, "passes": passes,
+               "n_steps": passes[0]["n_steps"],
+               "tokens_per_sae": max(a["tokens"] for a in acct.values()),
                "model_forward_s": model_s, "wall_s": time.perf_counter() - t0, "G_hat": groups["G_hat"],
                "saes": acct, "layout": layout, "suites": suite_costs(acct, layout, model_s)}
         save_json(out, res / "train.json")
+        for i in range(len(passes)): (runs / f"train_pass{i}.json").unlink(missing_ok=True)
     barrier()
-    ckpt.unlink(missing_ok=True)
     return out
