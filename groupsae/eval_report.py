@@ -10,15 +10,19 @@ from .config import round_sig
 from .study import group_name, study_layout
 
 # %% auto #0
-__all__ = ['METRICS', 'CSV_COLUMNS', 'eval_plan', 'plan_pairs', 'summarize', 'compute_savings', 'per_layer_csv',
+__all__ = ['CLAIM_ARMS', 'METRICS', 'SEED_METRICS', 'CLAIM_DIFFS', 'CSV_COLUMNS', 'eval_plan', 'plan_pairs', 'summarize',
+           'mean_sd', 'verdict', 'seed_spread', 'seed_summary', 'compute_savings', 'per_layer_csv',
            'read_per_layer_csv']
 
 # %% ../nbs/08a_eval_report.ipynb #9e3595e5
+CLAIM_ARMS = {"baseline": "amad", "ghat": "amad", "even": "even", "small": "small"}  # arm -> the settings kind it is at seed 0
+
 def eval_plan(groups:dict, # the content of groups.json
-              n_layers:int) -> dict:
-    "Settings to evaluate, {'amad/G' | 'even/Ĝ' | 'small/Ĝ': {kind, G, groups, saes, layers: {layer: SAE name}}}, and 'last'."
+              n_layers:int,
+              seeds:int=1) -> dict: # seeds the claim arms were trained with (train.seeds)
+    "Settings to evaluate, {'amad/G' | 'even/Ĝ' | 'small/Ĝ' | 'seedS/ARM': {kind, G, groups, saes, layers: {layer: SAE name}}}, and 'last'."
     layers, g_hat = [int(l) for l in groups["layers"]], int(groups["G_hat"])
-    arms = study_layout(groups, n_layers)          # the trainer's names: exactly the SAEs it trained
+    arms = study_layout(groups, n_layers, seeds)   # the trainer's names: exactly the SAEs it trained
     def setting(kind, G, arm):
         miss = [l for l in layers if l not in arm]
         if miss: raise KeyError(f"groups.json: no {kind} SAE for layers {miss} at G={G}. Fix: rerun groupsae group, then groupsae train")
@@ -28,6 +32,10 @@ def eval_plan(groups:dict, # the content of groups.json
     plan = {f"amad/{G}": setting("amad", G, arm) for G, arm in sorted(arms["G"].items())}
     plan[f"even/{g_hat}"] = setting("even", g_hat, arms["even"])
     plan[f"small/{g_hat}"] = setting("small", g_hat, arms["small"])
+    for s in range(1, seeds):   # the replicas of the claim arms (07b_study)
+        for arm, kind in CLAIM_ARMS.items():
+            G = len(layers) if arm == "baseline" else g_hat
+            plan[f"seed{s}/{arm}"] = setting(kind, G, arms["seeds"][s][arm]) | {"seed": s, "arm": arm}
     last = [l for l in range(n_layers) if l not in layers]
     plan["last"] = {"kind": "last", "G": len(last), "groups": [[l] for l in last], "saes": [group_name([l]) for l in last],
                     "layers": {l: group_name([l]) for l in last}}
@@ -54,6 +62,49 @@ def summarize(setting:dict, # one plan entry: groups, saes, layers {layer: SAE n
     return {"kind": setting["kind"], "G": setting["G"], "groups": setting["groups"], "saes": setting["saes"], "layers": layers,
             "mean": {m: float(v.mean()) for m, v in vals.items()}, "std": {m: float(v.std()) for m, v in vals.items()},
             "per_layer": {m: v.tolist() for m, v in vals.items()}}
+
+# %% ../nbs/08a_eval_report.ipynb #286d1c00
+SEED_METRICS = ("fvu", "delta_ce", "kl")
+CLAIM_DIFFS = {"ghat_minus_baseline": ("ghat", "baseline"), "even_minus_ghat": ("even", "ghat"), "small_minus_ghat": ("small", "ghat")}
+
+def mean_sd(xs) -> dict:
+    "Mean and sample standard deviation (ddof 1; None for one value) of a list."
+    a = np.asarray(xs, dtype=np.float64)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else None, "n": len(a)}
+
+def verdict(d:dict, lower_is_better:bool=True) -> str:
+    "'tie' unless the mean difference exceeds its spread over seeds: then which side of the difference is better."
+    if d["sd"] is None or abs(d["mean"]) <= d["sd"]: return "tie"
+    return "first better" if (d["mean"] < 0) == lower_is_better else "second better"
+
+def seed_spread(per_seed:dict, # {arm: [seed 0's summary, seed 1's, ...]} (summaries from `summarize`)
+                metrics=SEED_METRICS) -> dict:
+    "Each claim arm's layer-mean per seed with its mean ± sd over seeds, per-layer means and sds, and the paired differences."
+    arms = {}
+    for arm, rows in per_seed.items():
+        arms[arm] = {m: mean_sd([r["mean"][m] for r in rows]) | {"per_seed": [r["mean"][m] for r in rows],
+                     "per_layer_mean": np.mean([r["per_layer"][m] for r in rows], 0).tolist(),
+                     "per_layer_sd": (np.std([r["per_layer"][m] for r in rows], 0, ddof=1) if len(rows) > 1 else
+                                      np.zeros(len(rows[0]["layers"]))).tolist()} for m in metrics}
+    diffs = {}
+    for key, (a, b) in CLAIM_DIFFS.items():
+        if a in arms and b in arms:
+            diffs[key] = {m: (d := mean_sd(np.subtract(arms[a][m]["per_seed"], arms[b][m]["per_seed"]))) | {"verdict": verdict(d)}
+                          for m in metrics}
+    return {"n_seeds": min(len(r) for r in per_seed.values()), "arms": arms, "diffs": diffs}
+
+# %% ../nbs/08a_eval_report.ipynb #f9124797
+def seed_summary(spread:dict) -> dict:
+    "summary.json's keys for the claim arms: means over seeds (`_seed_sd` beside), and the differences at Ĝ with their sd over seeds."
+    a, d = spread["arms"], spread["diffs"]
+    out = {"n_seeds": spread["n_seeds"]}
+    for arm in ("baseline", "ghat", "even", "small"):
+        for m in ("fvu", "delta_ce"):
+            out[f"{arm}_{m}"], out[f"{arm}_{m}_seed_sd"] = a[arm][m]["mean"], a[arm][m]["sd"]
+    for prefix, key in (("ghat", "ghat_minus_baseline"), ("even", "even_minus_ghat"), ("small", "small_minus_ghat")):
+        for m, short in (("fvu", "fvu"), ("delta_ce", "ce")):
+            out[f"{prefix}_delta_{short}_mean"], out[f"{prefix}_delta_{short}_sd"] = d[key][m]["mean"], d[key][m]["sd"]
+    return out
 
 # %% ../nbs/08a_eval_report.ipynb #20716731
 def compute_savings(costs:dict|None, G_hat:int, n_layers:int) -> dict:

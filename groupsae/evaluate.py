@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES
 from .models import block_output, blocks, unembed
 from .data import Split, assert_disjoint, keep_mask, windows_needed
-from .eval_report import METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize
+from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize, seed_spread,
+                                  seed_summary)
 
 # %% auto #0
 __all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'BlockCall', 'CleanPass', 'clean_pass', 'block_kwargs',
@@ -324,7 +325,7 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     inp = study_inputs(cfg)
     L = len(blocks(inp.model))
     windows = eval_windows(inp.split, cfg.eval.n_tokens, cfg.data.context_len)
-    plan = eval_plan(groups, L)
+    plan = eval_plan(groups, L, cfg.train.seeds)
     pairs = plan_pairs(plan)
     saes = load_saes(sorted({n for n, _ in pairs}), cfg.preset, root, cfg.model.device)
     scales = dict(zip((int(l) for l in scales_json["layers"]), scales_json["scales"]))
@@ -338,28 +339,29 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
                    ce_windows=ce_windows, progress=progress)
     wall = time.perf_counter() - t0
     atomic_write(rd / "eval_per_layer.csv", per_layer_csv(res.pairs))
-    settings = {}
+    settings, per_seed = {}, {}
     for key, s in plan.items():
         if key == "last": continue
         summ = summarize(s, res.pairs)
+        if s.get("seed"): per_seed.setdefault(s["arm"], {})[s["seed"]] = summ; continue   # a replica of a claim arm
         summ["amad"] = groups.get({"amad": "amad", "even": "even_amad"}.get(s["kind"], ""), {}).get(str(s["G"]))
         summ["spliced_all"] = res.spliced.get(key)
         settings.setdefault(s["kind"], {})[str(s["G"])] = summ
     layers = [int(l) for l in groups["layers"]]
-    base, ghat = settings["amad"][str(len(layers))], settings["amad"][str(g_hat)]
+    seed0 = {"baseline": settings["amad"][str(len(layers))], "ghat": settings["amad"][str(g_hat)],
+             "even": settings["even"][str(g_hat)], "small": settings["small"][str(g_hat)]}
+    spread = seed_spread({a: [seed0[a], *(per_seed.get(a, {})[k] for k in sorted(per_seed.get(a, {})))] for a in seed0})
     ev = {"config_hash": cfg.hash(), "model": cfg.model.name, "n_layers": L, "layers": layers, "G_hat": g_hat,
           "threshold": groups.get("threshold"), "baseline_G": len(layers), "n_windows": len(windows),
           "n_ce_windows": min(len(windows), ce_windows or len(windows)),
           "splice": splice,
           "n_tokens": res.n_tokens, "n_ce_positions": res.n_ce, "clean_ce": res.clean_ce, "metrics": list(METRICS),
-          "settings": settings, "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,
+          "settings": settings, "seeds": spread, "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,
           "n_pairs": len(pairs), "seconds": {**res.seconds, "total": wall},
           "seconds_per_pair": res.seconds["pairs"] / max(len(pairs), 1)}
     save_json(ev, rd / "eval.json")
     summary = load_json(rd / "summary.json") if (rd / "summary.json").exists() else {}
-    summary.update({"n_layers": L, "G_hat": g_hat, "amad_G_hat": groups["amad"][str(g_hat)],
-                    "baseline_fvu": base["mean"]["fvu"], "baseline_delta_ce": base["mean"]["delta_ce"],
-                    "ghat_fvu": ghat["mean"]["fvu"], "ghat_delta_ce": ghat["mean"]["delta_ce"],
+    summary.update({"n_layers": L, "G_hat": g_hat, "amad_G_hat": groups["amad"][str(g_hat)], **seed_summary(spread),
                     **compute_savings(costs, g_hat, L), "eval_config_hash": cfg.hash()})
     save_json(summary, rd / "summary.json")
     if progress: print(f"evaluate: {len(pairs)} pairs, {len(spliced)} spliced settings, {res.n_tokens:,} tokens/layer in {wall:.1f} s")
