@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 from .config import use_style
 
 # %% auto #0
-__all__ = ['METRIC_LABELS', 'SETTING_LABELS', 'fig_quality_vs_amad', 'relative_compute', 'fig_quality_vs_compute',
-           'fig_per_layer', 'table1']
+__all__ = ['METRIC_LABELS', 'SETTING_LABELS', 'DIFF_LABELS', 'THETAS', 'arm_point', 'fig_quality_vs_amad', 'relative_compute',
+           'fig_quality_vs_compute', 'fig_per_layer', 'table1', 'theta_sensitivity', 'theta_markdown', 'fig_theta']
 
 # %% ../nbs/08b_eval_figures.ipynb #bcfc722f
 METRIC_LABELS = {"fvu": "FVU", "delta_ce": "ΔCE (%)", "kl": "KL to the clean model", "l0": "L0",
@@ -31,20 +31,38 @@ def _band(ax, x, s, m, **kw):
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     return line
 
+def arm_point(ev:dict, arm:str, m:str) -> tuple:
+    "(mean, error bar) of a claim arm ('baseline', 'ghat', 'even', 'small') for metric m: over seeds when there are several, else seed 0 ± std over layers."
+    sp = ev.get("seeds")
+    if sp and sp["n_seeds"] > 1 and arm in sp["arms"] and m in sp["arms"][arm]:
+        return sp["arms"][arm][m]["mean"], sp["arms"][arm][m]["sd"]
+    kind, G = ("amad", ev["baseline_G"] if arm == "baseline" else ev["G_hat"]) if arm in ("baseline", "ghat") else (arm, ev["G_hat"])
+    r = ev["settings"].get(kind, {}).get(str(G))
+    return (None, None) if r is None else (r["mean"][m], r["std"][m])
+
+def _n_seeds(ev:dict) -> int: return (ev.get("seeds") or {}).get("n_seeds", 1)
+
 def fig_quality_vs_amad(ev:dict, metrics=("fvu", "delta_ce"), threshold:float|None=None, title:str|None=None):
-    "FVU and ΔCE% (mean ± 1 std over layers) against AMAD(G) for every G; baseline at AMAD 0, θ and Ĝ marked."
+    "FVU and ΔCE% (mean ± 1 std over layers, seed 0) against AMAD(G) for every G; baseline and Ĝ as mean ± sd over seeds, θ marked."
     use_style()
     s = [r for r in _series(ev) if r.get("amad") is not None]
     if not s: raise ValueError("eval.json has no AMAD settings with an 'amad' value. Fix: rerun the evaluate stage after the group stage")
     theta = threshold if threshold is not None else ev.get("threshold")
+    n = _n_seeds(ev)
     fig, axs = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     x = [r["amad"] for r in s]
     for ax, m in zip(axs[0], metrics):
-        _band(ax, x, s, m, label=SETTING_LABELS["amad"])
-        base = ev["settings"]["amad"].get(str(ev.get("baseline_G")))
-        if base: ax.plot([base["amad"] or 0.0], [base["mean"][m]], marker="*", ms=12, color="k", ls="", label="per-layer baseline")
-        gh = ev["settings"]["amad"].get(str(ev.get("G_hat")))
-        if gh: ax.plot([gh["amad"]], [gh["mean"][m]], marker="o", ms=11, mfc="none", mec="C3", ls="", label=f"Ĝ = {ev['G_hat']}")
+        _band(ax, x, s, m, label=SETTING_LABELS["amad"] + (", seed 0" if n > 1 else ""))
+        base, gh = ev["settings"]["amad"].get(str(ev.get("baseline_G"))), ev["settings"]["amad"].get(str(ev.get("G_hat")))
+        spread = f" (mean ± sd, {n} seeds)" if n > 1 else ""
+        if base:
+            y, e = arm_point(ev, "baseline", m)
+            ax.errorbar([base["amad"] or 0.0], [y], yerr=[e] if n > 1 else None, marker="*", ms=12, color="k", ls="", capsize=3,
+                        label="per-layer baseline" + spread)
+        if gh:
+            y, e = arm_point(ev, "ghat", m)
+            ax.errorbar([gh["amad"]], [y], yerr=[e] if n > 1 else None, marker="o", ms=11, mfc="none", mec="C3", color="C3", ls="",
+                        capsize=3, label=f"Ĝ = {ev['G_hat']}" + spread)
         if theta is not None: ax.axvline(theta, color="C3", ls="--", lw=1, label=f"θ = {theta:g}")
         for r in s:   # with many G the points near AMAD 0 crowd: label the small G, Ĝ and every fifth
             if len(s) <= 12 or r["G"] <= 6 or r["G"] == ev.get("G_hat") or r["G"] % 5 == 0:
@@ -62,52 +80,65 @@ def relative_compute(costs:dict, G:int, n_layers:int, fair:bool=True) -> float:
     return (A + (G + fair) * T) / (A + n_layers * T)
 
 def fig_quality_vs_compute(ev:dict, costs:dict, metrics=("fvu", "delta_ce"), fair:bool=True, title:str|None=None):
-    "FVU and ΔCE% (mean ± 1 std) against training compute relative to the baseline, Ĝ and the controls marked."
+    "FVU and ΔCE% against training compute relative to the baseline (curve: seed 0 ± std over layers; Ĝ and the controls: mean ± sd over seeds)."
     use_style()
     if not costs or "A" not in costs or "T" not in costs:
-        raise ValueError("costs need 'A' and 'T' (costs.json). Fix: run the group stage, which writes costs.json")
-    L, s = ev["n_layers"], _series(ev)
+        raise ValueError("costs need 'A' and 'T' (costs.json). Fix: run the costs stage, which writes costs.json")
+    L, s, n = ev["n_layers"], _series(ev), _n_seeds(ev)
     x = [1.0 if r["G"] == ev.get("baseline_G") else relative_compute(costs, r["G"], L, fair) for r in s]
     fig, axs = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    xg = relative_compute(costs, ev["G_hat"], L, fair)
+    xg, span = relative_compute(costs, ev["G_hat"], L, fair), (max(x) - min(x) or 1)
+    spread = f" (mean ± sd, {n} seeds)" if n > 1 else " (± std over layers)"
     for ax, m in zip(axs[0], metrics):
-        _band(ax, x, s, m, label=SETTING_LABELS["amad"])
-        gh = ev["settings"]["amad"].get(str(ev["G_hat"]))
-        if gh: ax.plot([xg], [gh["mean"][m]], marker="o", ms=11, mfc="none", mec="C3", ls="", label=f"Ĝ = {ev['G_hat']}")
-        for kind, mk, dx in (("even", "s", -0.01), ("small", "^", 0.01)):   # nudged apart: both sit at Ĝ's compute
-            c = ev["settings"].get(kind, {}).get(str(ev["G_hat"]))
-            if c: ax.errorbar([xg + dx * (max(x) - min(x) or 1)], [c["mean"][m]], yerr=[c["std"][m]], marker=mk, ls="", capsize=3,
-                              label=SETTING_LABELS[kind])
+        _band(ax, x, s, m, label=SETTING_LABELS["amad"] + (", seed 0" if n > 1 else ""))
+        y, e = arm_point(ev, "baseline", m)
+        if y is not None and n > 1: ax.errorbar([1.0], [y], yerr=[e], marker="*", ms=12, color="k", ls="", capsize=3, label="per-layer baseline" + spread)
+        for arm, kind, mk, dx, kw in (("ghat", "amad", "o", 0.0, dict(mfc="none", mec="C3", color="C3", ms=11)),
+                                      ("even", "even", "s", -0.015, {}), ("small", "small", "^", 0.015, {})):   # nudged apart: same compute
+            y, e = arm_point(ev, arm, m)
+            if y is None: continue
+            label = f"Ĝ = {ev['G_hat']}" if arm == "ghat" else SETTING_LABELS[kind]
+            ax.errorbar([xg + dx * span], [y], yerr=[e], marker=mk, ls="", capsize=3, label=label + spread, **kw)
         ax.set_xlabel("training compute / baseline" + ("" if fair else " (paper's accounting)"))
         ax.set_ylabel(METRIC_LABELS.get(m, m))
-    axs[0][0].legend(loc="best")
+    axs[0][0].legend(loc="best", fontsize=7)
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/08b_eval_figures.ipynb #087dd661
 def fig_per_layer(ev:dict, G:int, kind:str="amad", metrics=("fvu", "delta_ce"), title:str|None=None):
-    "Per-layer bars of a setting next to the per-layer baseline, coloured by group, with group separators."
+    "Per-layer bars of a setting next to the per-layer baseline, coloured by group, with group separators (mean ± sd over seeds at Ĝ)."
     use_style()
     s = ev["settings"].get(kind, {}).get(str(G))
     if s is None:
         raise KeyError(f"eval.json has no {kind} setting at G={G} (has {sorted(ev['settings'].get(kind, {}), key=int)}). "
                        "Fix: choose one of those G")
     base = ev["settings"]["amad"].get(str(ev.get("baseline_G")))
+    sp, n = ev.get("seeds"), _n_seeds(ev)
+    arm = {("amad", ev.get("G_hat")): "ghat", ("even", ev.get("G_hat")): "even", ("small", ev.get("G_hat")): "small"}.get((kind, G))
+    def bars(r, a, m):   # per-layer values and their sd over seeds, where the arm has seeds
+        if n > 1 and a in (sp or {}).get("arms", {}): return sp["arms"][a][m]["per_layer_mean"], sp["arms"][a][m]["per_layer_sd"]
+        return r["per_layer"][m], None
     layers = np.array(s["layers"])
     group_of = {l: i for i, g in enumerate(s["groups"]) for l in g}
     colors = [f"C{group_of[l] % 10}" for l in layers]
     fig, axs = plt.subplots(len(metrics), 1, figsize=(max(5, 0.28 * len(layers) + 2), 2.6 * len(metrics)), squeeze=False, sharex=True)
     w = 0.4 if base else 0.8
     for ax, m in zip(axs[:, 0], metrics):
-        ax.bar(layers - (w / 2 if base else 0), s["per_layer"][m], width=w, color=colors, label=f"{SETTING_LABELS.get(kind, kind)}, G = {G}")
-        if base: ax.bar(layers + w / 2, base["per_layer"][m], width=w, color="0.7", label="per-layer baseline")
+        y, e = bars(s, arm, m)
+        ax.bar(layers - (w / 2 if base else 0), y, width=w, color=colors, yerr=e, capsize=1.5, error_kw=dict(lw=0.7),
+               label=f"{SETTING_LABELS.get(kind, kind)}, G = {G}")
+        if base:
+            y, e = bars(base, "baseline", m)
+            ax.bar(layers + w / 2, y, width=w, color="0.7", yerr=e, capsize=1.5, error_kw=dict(lw=0.7), label="per-layer baseline")
         for a, b in zip(layers[:-1], layers[1:]):
             if group_of[a] != group_of[b]: ax.axvline((a + b) / 2, color="k", ls="--", lw=0.8)
         ax.set_ylabel(METRIC_LABELS.get(m, m))
     axs[-1, 0].set_xlabel("layer"); axs[-1, 0].set_xticks(layers)
     axs[0, 0].legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
-    fig.suptitle(title or f"{SETTING_LABELS.get(kind, kind)}, G = {G}: " + " / ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in s["groups"]))
+    seeds = f" (mean ± sd over {n} seeds)" if n > 1 and arm else ""
+    fig.suptitle(title or f"{SETTING_LABELS.get(kind, kind)}, G = {G}: " + " / ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in s["groups"]) + seeds)
     fig.tight_layout()
     return fig
 
@@ -116,22 +147,97 @@ def _fmt(r, m, pct=False):
     if r is None or m not in r.get("mean", {}): return "–"
     return f"{r['mean'][m]:.3g} ± {r['std'][m]:.2g}"
 
+def _pm(mean, sd, digits=3) -> str:
+    return "–" if mean is None else f"{mean:.{digits}g}" + ("" if sd is None else f" ± {sd:.2g}")
+
+DIFF_LABELS = {"ghat_minus_baseline": ("Ĝ's AMAD groups", "per-layer baseline"), "even_minus_ghat": ("evenly spaced groups", "Ĝ's AMAD groups"),
+               "small_minus_ghat": ("smaller SAEs", "Ĝ's AMAD groups")}
+
+def _verdict_text(key:str, v:str) -> str:
+    a, b = DIFF_LABELS[key]
+    return {"tie": "tie (within the spread over seeds)", "first better": f"{a} better", "second better": f"{b} better"}[v]
+
 def table1(ev:dict) -> tuple:
-    "Table 1 at Ĝ (baseline, AMAD groups, evenly spaced groups, smaller SAEs) as (markdown, csv) text."
-    g = str(ev["G_hat"])
-    rows = [("per-layer baseline", ev["settings"]["amad"].get(str(ev.get("baseline_G")))),
-            *((SETTING_LABELS[kind], ev["settings"].get(kind, {}).get(g)) for kind in ("amad", "even", "small"))]
-    cols = ["setting", "G", "FVU", "ΔCE %", "KL", "L0", "dead", "ΔCE % all spliced"]
+    "Table 1 at Ĝ (baseline, AMAD groups, evenly spaced groups, smaller SAEs) as (markdown, csv) text: mean ± sd over seeds, and the differences with their verdicts."
+    g, n = str(ev["G_hat"]), _n_seeds(ev)
+    rows = [("baseline", "per-layer baseline", ev["settings"]["amad"].get(str(ev.get("baseline_G")))),
+            *((kind if kind != "amad" else "ghat", SETTING_LABELS[kind], ev["settings"].get(kind, {}).get(g)) for kind in ("amad", "even", "small"))]
+    spread = f"mean ± sd over {n} seeds" if n > 1 else "mean ± std over layers, one seed"
+    cols = ["setting", "G", f"FVU ({spread})", "ΔCE %", "KL", "L0", "dead", "ΔCE % all spliced (seed 0)"]
     md_rows, buf = [], io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["setting", "G", "fvu_mean", "fvu_std", "delta_ce_mean", "delta_ce_std", "kl_mean", "l0_mean", "dead_frac_mean", "delta_ce_all_spliced"])
-    for name, r in rows:
+    w.writerow(["setting", "G", "n_seeds", "fvu_mean", "fvu_sd", "delta_ce_mean", "delta_ce_sd", "kl_mean", "kl_sd", "l0_mean",
+                "dead_frac_mean", "delta_ce_all_spliced"])
+    for arm, name, r in rows:
         if r is None: continue
         sp = (r.get("spliced_all") or {}).get("delta_ce")
-        md_rows.append([name, str(r["G"]), _fmt(r, "fvu"), _fmt(r, "delta_ce"), _fmt(r, "kl"), f"{r['mean'].get('l0', float('nan')):.3g}",
+        pts = {m: arm_point(ev, arm, m) for m in ("fvu", "delta_ce", "kl")}
+        md_rows.append([name, str(r["G"]), *(_pm(*pts[m]) for m in ("fvu", "delta_ce", "kl")), f"{r['mean'].get('l0', float('nan')):.3g}",
                         f"{r['mean'].get('dead_frac', float('nan')):.3g}", "–" if sp is None else f"{sp:.3g}"])
-        m, s = r["mean"], r["std"]
-        w.writerow([name, r["G"], *(f"{x:.4g}" if x is not None else "" for x in
-                    (m.get("fvu"), s.get("fvu"), m.get("delta_ce"), s.get("delta_ce"), m.get("kl"), m.get("l0"), m.get("dead_frac"), sp))])
+        w.writerow([name, r["G"], n, *(f"{x:.4g}" if x is not None else "" for x in
+                    (*pts["fvu"], *pts["delta_ce"], *pts["kl"], r["mean"].get("l0"), r["mean"].get("dead_frac"), sp))])
     md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in md_rows)
+    diffs = (ev.get("seeds") or {}).get("diffs", {})
+    if n > 1 and diffs:
+        md += (f"\nDifferences at Ĝ, seed by seed on the same tokens (mean ± sd over {n} seeds; lower is better; a difference "
+               "not larger than its sd is a tie):\n\n| difference | ΔFVU | ΔCE points | verdict (FVU) | verdict (ΔCE) |\n|---|---|---|---|---|\n")
+        for key, d in diffs.items():
+            a, b = DIFF_LABELS[key]
+            md += (f"| {a} − {b} | {_pm(d['fvu']['mean'], d['fvu']['sd'], 2)} | {_pm(d['delta_ce']['mean'], d['delta_ce']['sd'], 2)} | "
+                   f"{_verdict_text(key, d['fvu']['verdict'])} | {_verdict_text(key, d['delta_ce']['verdict'])} |\n")
     return md, buf.getvalue()
+
+# %% ../nbs/08b_eval_figures.ipynb #294b90b0
+THETAS = tuple(round(0.1 + 0.025 * i, 3) for i in range(11))   # 0.10 … 0.35
+
+def _choose(amads:dict, theta:float):
+    ok = [G for G, a in amads.items() if a < theta]
+    return min(ok) if ok else None
+
+def theta_sensitivity(ev:dict, groups:dict, # the content of eval.json and groups.json
+                      costs:dict|None=None, thetas=THETAS) -> list:
+    "For each θ: Ĝ by the paper's AMAD and by the size-weighted AMAD, with their AMAD, ΔFVU, ΔCE (vs the baseline, seed 0) and compute saving."
+    base = ev["settings"]["amad"][str(ev["baseline_G"])]["mean"]
+    per_G = (costs or {}).get("per_G", {})
+    rows = []
+    for theta in thetas:
+        row = {"theta": theta}
+        for tag, key in (("", "amad"), ("weighted_", "amad_weighted")):
+            am = {int(G): a for G, a in groups.get(key, {}).items()}
+            G = _choose(am, theta)
+            r = ev["settings"]["amad"].get(str(G)) if G is not None else None
+            row |= {f"{tag}G_hat": G, f"{tag}amad": am.get(G),
+                    f"{tag}delta_fvu": r["mean"]["fvu"] - base["fvu"] if r else None,
+                    f"{tag}delta_ce": r["mean"]["delta_ce"] - base["delta_ce"] if r else None,
+                    f"{tag}saving_fair": per_G.get(str(G), {}).get("fair"), f"{tag}saving_paper": per_G.get(str(G), {}).get("paper")}
+        rows.append(row)
+    return rows
+
+def theta_markdown(rows:list, theta:float|None=None) -> str:
+    "The θ table as Markdown (the configured θ in bold)."
+    f = lambda x, fmt: "–" if x is None else format(x, fmt)
+    out = ("| θ | Ĝ | AMAD(Ĝ) | ΔFVU | ΔCE points | saving (fair) | Ĝ, size-weighted AMAD | ΔFVU | ΔCE points | saving (fair) |\n"
+           + "|---" * 10 + "|\n")
+    for r in rows:
+        t = f"**{r['theta']:.3g}**" if theta is not None and abs(r["theta"] - theta) < 1e-9 else f"{r['theta']:.3g}"
+        out += (f"| {t} | {f(r['G_hat'], 'd')} | {f(r['amad'], '.3f')} | {f(r['delta_fvu'], '+.4f')} | {f(r['delta_ce'], '+.2f')} | "
+                f"{f(r['saving_fair'], '.1%')} | {f(r['weighted_G_hat'], 'd')} | {f(r['weighted_delta_fvu'], '+.4f')} | "
+                f"{f(r['weighted_delta_ce'], '+.2f')} | {f(r['weighted_saving_fair'], '.1%')} |\n")
+    return out
+
+def fig_theta(rows:list, theta:float|None=None, title:str|None=None):
+    "Ĝ, ΔFVU, ΔCE and the fair compute saving against θ, for the paper's AMAD and the size-weighted one."
+    use_style()
+    fig, axs = plt.subplots(1, 4, figsize=(14, 3.2))
+    t = [r["theta"] for r in rows]
+    for ax, key, label in zip(axs, ("G_hat", "delta_fvu", "delta_ce", "saving_fair"),
+                              ("Ĝ", "ΔFVU vs baseline", "ΔCE vs baseline (points)", "compute saving (fair)")):
+        for tag, name, mk in (("", "AMAD (paper)", "o"), ("weighted_", "size-weighted AMAD", "s")):
+            y = [np.nan if r[tag + key] is None else r[tag + key] for r in rows]
+            ax.plot(t, y, marker=mk, ms=4, drawstyle="steps-post" if key == "G_hat" else "default", label=name)
+        if theta is not None: ax.axvline(theta, color="C3", ls="--", lw=1)
+        ax.set_xlabel("θ"); ax.set_ylabel(label)
+    axs[0].legend()
+    fig.suptitle(title or "What the threshold θ buys: Ĝ and its cost in quality and compute (θ in use dashed)")
+    fig.tight_layout()
+    return fig

@@ -21,8 +21,11 @@ def headline_table(summaries:dict # {row label: the content of a results/<preset
     rows = ["| model | source | layers | Ĝ | baseline FVU | baseline ΔCE% | Ĝ FVU | Ĝ ΔCE% | saving at Ĝ (paper / fair) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
-        rows.append(f"| {name} | measured here | {s['n_layers']} | {s['G_hat']} | {s['baseline_fvu']:.3f} | {s['baseline_delta_ce']:.2f} "
-                    f"| {s['ghat_fvu']:.3f} | {s['ghat_delta_ce']:.2f} | {_pct(s.get('compute_saving_paper'))} / {_pct(s.get('compute_saving_fair'))} |")
+        n = s.get("n_seeds", 1)
+        pm = lambda k, f: f"{s[k]:{f}}" + (f" ± {s[k + '_seed_sd']:.2g}" if n > 1 and s.get(k + "_seed_sd") is not None else "")
+        rows.append(f"| {name} | measured here{f' ({n} seeds)' if n > 1 else ''} | {s['n_layers']} | {s['G_hat']} | {pm('baseline_fvu', '.3f')} | "
+                    f"{pm('baseline_delta_ce', '.2f')} | {pm('ghat_fvu', '.3f')} | {pm('ghat_delta_ce', '.2f')} | "
+                    f"{_pct(s.get('compute_saving_paper'))} / {_pct(s.get('compute_saving_fair'))} |")
     for name, (bf, bc, gf, gc) in PAPER_HEADLINE.items():
         L, g = PUBLISHED_PARTITIONS[name][:2]   # layers and Ĝ as the paper published them
         rows.append(f"| {name} | paper | {L} | {g} | {bf:.3f} | {bc:.2f} | {gf:.3f} | {gc:.2f} | {_pct(PAPER_TABLE2[name]['saving'])} / – (Table 2) |")
@@ -50,7 +53,12 @@ def _eval_figs(res, out, preset, root):
     if (res / "costs.json").exists():
         paths.append(savefig(ef.fig_quality_vs_compute(ev, load_json(res / "costs.json")), "fig4_quality_vs_compute", preset, root))
     md, csv = ef.table1(ev)
-    return paths + [atomic_write(out / "table1.md", md), atomic_write(out / "table1.csv", csv)]
+    paths += [atomic_write(out / "table1.md", md), atomic_write(out / "table1.csv", csv)]
+    if (res / "groups.json").exists():   # what another threshold θ would have chosen, from the same results
+        rows = ef.theta_sensitivity(ev, load_json(res / "groups.json"), load_json(res / "costs.json") if (res / "costs.json").exists() else None)
+        paths += [savefig(ef.fig_theta(rows, ev.get("threshold")), "fig_theta", preset, root),
+                  atomic_write(out / "table_theta.md", ef.theta_markdown(rows, ev.get("threshold")))]
+    return paths
 
 def _fig5(res, out, preset, root):
     d = load_json(res / "interp.json")
@@ -63,11 +71,14 @@ def _fig8(res, out, preset, root):
     sim, sm = load_json(res / "similarity.json"), _mod("similarity")
     return [savefig(fig, name, preset, root) for name, fig in sm.similarity_figures(sim).items()]
 
+def _scaling(res, out, preset, root):
+    return [savefig(_mod("scaling").plot_scaling(load_json(res / "scaling.json")), "fig_scaling", preset, root)]
+
 def _headline(res, out, preset, root):
     return [atomic_write(out / "headline.md", headline_table({preset: load_json(res / "summary.json")}))]
 
 BUILDERS = {"distances.json": _fig1, "groups.json": _fig2, "eval.json": _eval_figs, "interp.json": _fig5,
-            "costs.json": _table2, "similarity.json": _fig8, "summary.json": _headline}
+            "costs.json": _table2, "similarity.json": _fig8, "summary.json": _headline, "scaling.json": _scaling}
 
 # %% ../nbs/11_figures.ipynb #c2e29c98
 def draw(preset:str, results_file:str, root=None) -> list:
