@@ -4,22 +4,22 @@
 
 # %% ../nbs/08_evaluate.ipynb #0cbd0f81
 from __future__ import annotations
-import inspect, math, time
+import math, time
 from pathlib import Path
 from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES
-from .models import block_output, blocks, unembed
+from .models import BlockCall, block_inputs, block_output, blocks, run_block, unembed
 from .data import Split, assert_disjoint, keep_mask, windows_needed
 from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize, seed_spread,
                                   seed_summary)
 
 # %% auto #0
-__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'BlockCall', 'CleanPass', 'clean_pass', 'block_kwargs',
-           'forward_from_layer', 'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'EvalOutput', 'evaluate',
-           'eval_windows', 'load_saes', 'run_evaluation']
+__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanPass', 'clean_pass', 'block_kwargs', 'forward_from_layer',
+           'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'EvalOutput', 'evaluate', 'eval_windows',
+           'load_saes', 'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #7a339933
 class ReconStats:
@@ -70,15 +70,10 @@ def delta_ce_pct(ce:float, clean_ce:float) -> float:
 # %% ../nbs/08_evaluate.ipynb #c644ad34
 class _Stop(Exception): "Ends a forward pass after the last block."
 
-class BlockCall(NamedTuple):
-    "How the model called one block: positional arguments after the hidden states, and keyword arguments."
-    args:tuple
-    kwargs:dict
-
 class CleanPass(NamedTuple):
     "What one clean forward pass keeps."
     resid:list # n_layers × [batch, seq, d_model]: each block's output
-    calls:list # n_layers × BlockCall: the arguments each block received
+    calls:list # n_layers × BlockCall (models.BlockCall): the arguments each block received
 
 def clean_pass(model, input_ids:torch.Tensor) -> CleanPass:
     "Run every block once (not the LM head), keeping each block's output and the arguments it was called with."
@@ -102,33 +97,15 @@ def clean_pass(model, input_ids:torch.Tensor) -> CleanPass:
     return CleanPass(resid, calls)
 
 # %% ../nbs/08_evaluate.ipynb #23cb3e8b
-_ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "gpt_neox")
-
-def _causal_mask(model, hidden, pos):
-    from transformers.masking_utils import create_causal_mask
-    p = inspect.signature(create_causal_mask).parameters
-    kw = {("inputs_embeds" if "inputs_embeds" in p else "input_embeds"): hidden, "attention_mask": None, "position_ids": pos}
-    kw["cache" if "cache" in p else "past_key_values"] = None
-    if "cache_position" in p: kw["cache_position"] = pos[0]
-    return create_causal_mask(model.config, **kw)
-
-def block_kwargs(model, hidden:torch.Tensor) -> dict:
-    "Keyword arguments the blocks of a Llama-like or GPT-NeoX `model` expect for fresh sequences shaped like `hidden`."
-    kind = model.config.model_type
-    if kind not in _ROTARY_FAMILIES:
-        raise NotImplementedError(f"block_kwargs does not know model type {kind!r}. "
-                                  "Fix: pass calls=clean_pass(model, input_ids).calls, which works for any family")
-    pos = torch.arange(hidden.shape[1], device=hidden.device)[None]
-    return {"attention_mask": _causal_mask(model, hidden, pos), "position_ids": pos, "use_cache": False,
-            "position_embeddings": model.base_model.rotary_emb(hidden, position_ids=pos)}
-
-def _run_block(block, hidden, call:BlockCall):
-    if "hidden_states" in call.kwargs: return block_output(block(*call.args, **{**call.kwargs, "hidden_states": hidden}))
-    return block_output(block(hidden, *call.args, **call.kwargs))
+def block_kwargs(model, hidden:torch.Tensor # [batch, seq, d_model] any hidden state of the sequences to run
+                ) -> list:
+    "The arguments every block of `model` takes for fresh sequences shaped like `hidden`: one BlockCall per block, from the model's own forward."
+    ids = torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device)   # masks and positions depend on the shape only
+    return block_inputs(model, ids).calls
 
 def forward_from_layer(model, hidden:torch.Tensor, # [batch, seq, d_model] output of block `layer`
-                       layer:int, # -1 resumes from the embeddings (block 0's input)
-                       calls=None, # None (build per family), one kwargs dict, or CleanPass.calls
+                       layer:int, # -1 resumes from block 0's input (models.block_inputs(...).hidden)
+                       calls=None, # None (built by block_kwargs), one kwargs dict for every block, or n_layers BlockCalls (CleanPass.calls)
                        positions:torch.Tensor|None=None # [batch, seq] bool: unembed only these
                       ) -> torch.Tensor:
     "Logits after blocks layer+1..L-1, the final norm and the LM head: [batch, seq, vocab], or [n, vocab] at `positions`."
@@ -138,7 +115,7 @@ def forward_from_layer(model, hidden:torch.Tensor, # [batch, seq, d_model] outpu
     if calls is None: calls = block_kwargs(model, hidden)
     with torch.inference_mode():
         for i in range(layer + 1, len(bl)):
-            hidden = _run_block(bl[i], hidden, BlockCall((), calls) if isinstance(calls, dict) else calls[i])
+            hidden = run_block(bl[i], hidden, BlockCall((), calls) if isinstance(calls, dict) else calls[i])
         return unembed(model, hidden if positions is None else hidden[positions])
 
 # %% ../nbs/08_evaluate.ipynb #3293ef68

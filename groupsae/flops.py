@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig
-from .models import pythia_config, random_model, tiny_config, PYTHIA_SHAPES, load_model, blocks, block_output, final_norm
+from .models import pythia_config, random_model, tiny_config, PYTHIA_SHAPES, load_model, blocks, block_inputs, final_norm, run_block
 from .config import RunConfig, results_dir, save_json, load_json
 from .paper import PUBLISHED_PARTITIONS, PAPER_TABLE2
 
@@ -29,15 +29,12 @@ def config_for(name:str):
 
 def forward_flops(model, seq_len:int=1024) -> int:
     "FLOPs of one forward pass of the transformer body (LM head excluded) over one `seq_len`-token sequence."
-    # The blocks are called directly: the model's own mask construction reads tensor values, which meta tensors
-    # lack; without a mask the attention is causal, and the count is the same.
-    dev = next(model.parameters()).device
-    ids = torch.zeros(1, seq_len, dtype=torch.long, device=dev)
-    pos = torch.arange(seq_len, device=dev)[None]
+    # Each block is called with what the model's own forward gives it (models.block_inputs: rotary embeddings or
+    # learned positions, per-layer masks), so every supported family is counted the same way, on the meta device too.
+    ids = torch.zeros(1, seq_len, dtype=torch.long, device=next(model.parameters()).device)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        h = model.get_input_embeddings()(ids)
-        kw = {"position_ids": pos, "attention_mask": None, "position_embeddings": model.base_model.rotary_emb(h, position_ids=pos)}
-        for b in blocks(model): h = block_output(b(h, **kw))
+        h, calls = block_inputs(model, ids)
+        for b, call in zip(blocks(model), calls): h = run_block(b, h, call)
         final_norm(model)(h)
     return fc.get_total_flops()
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
 from groupsae.config import get_preset, load_json, results_dir, runs_dir, save_json, savefig
-from groupsae.models import blocks, load_model, random_model, tiny_config
+from groupsae.models import ModelLoadError, blocks, load_model, random_model, tiny_config
 from groupsae.sae import TopKSAE
 from groupsae.data import keep_mask, split_windows
 from groupsae.activations import estimate_scales, run_activations
@@ -61,9 +61,9 @@ def test_resume_smollm2():
                                    rtol=1e-4, atol=1e-4)
 
 def test_block_kwargs_unknown_family():
-    class Cfg: model_type = "gpt2"
+    class Cfg: model_type = "bert"
     class M: config = Cfg()
-    with pytest.raises(NotImplementedError, match="clean_pass"): block_kwargs(M(), torch.zeros(1, 2, 4))
+    with pytest.raises(ModelLoadError, match="'bert' .* is not supported"): block_kwargs(M(), torch.zeros(1, 2, 4))
 
 def test_group_sae_uses_each_layers_own_scale():
     "Two layers of very different norms served by one group SAE: each is fed at its own scale (the authors used the first's)."
