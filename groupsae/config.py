@@ -355,10 +355,10 @@ class MissingFileError(FileNotFoundError):
         super().__init__(f"{path} does not exist. Fix: run the stage that writes it first (see `groupsae reproduce --help`)")
 
 class CorruptFileError(ValueError):
-    "A results file exists but cannot be parsed; `.path` names it, `.reason` says why."
-    def __init__(self, path, reason:str):
+    "A file exists but cannot be read; `.path` names it, `.reason` says why."
+    def __init__(self, path, reason:str, fix:str="rerun the stage that writes it with --force, or delete it"):
         self.path, self.reason = Path(path), reason
-        super().__init__(f"{path} is damaged ({reason}). Fix: rerun the stage that writes it with --force, or delete it")
+        super().__init__(f"{path} is damaged ({reason}). Fix: {fix}")
 
 def atomic_write(path, data):
     "Write `data` (str or bytes) to `path` via a temporary file and a rename; an `OSError` names `path`."
