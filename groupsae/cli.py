@@ -4,15 +4,20 @@
 
 # %% ../nbs/12_cli.ipynb #0e8f2fcb
 from __future__ import annotations
-import argparse, hashlib, importlib, json, sys, time
+import argparse, contextlib, errno, hashlib, importlib, json, os, shlex, socket, sys, time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from .config import (RunConfig, ConfigError, get_preset, override, PRESETS, DEFAULT_PRESET, repo_root,
-                             runs_dir, results_dir, figures_dir, save_json, load_json)
+from .config import (RunConfig, ConfigError, MissingFileError, CorruptFileError, get_preset, override, PRESETS,
+                             DEFAULT_PRESET, repo_root, runs_dir, results_dir, figures_dir, save_json, load_json,
+                             save_timings, TIMINGS)
+try: import fcntl
+except ImportError: fcntl = None   # Windows: no advisory locks; output_lock says so and goes on
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'EPILOG', 'Stage', 'stage_keys', 'load_record', 'available_stages', 'run_stages',
-           'build_parser', 'config_from_args', 'describe_presets', 'main']
+__all__ = ['STAGES', 'STAGE_NAMES', 'EXIT_FAULT', 'EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EPILOG', 'Stage', 'stage_keys',
+           'load_record', 'available_stages', 'run_stages', 'explain', 'LockedError', 'output_lock',
+           'sweep_temporaries', 'build_parser', 'config_from_args', 'describe_presets', 'main']
 
 # %% ../nbs/12_cli.ipynb #579df8ca
 @dataclass(frozen=True)
@@ -23,11 +28,11 @@ class Stage:
     runner:str # runner function name, called as runner(cfg, root)
     sections:tuple # config sections this stage reads
     help:str # one line for --help
-    draws:tuple=() # results files whose figures and tables are redrawn (11_figures) once the runner has written them
+    writes:tuple=() # results files (in results/P) this stage writes: a missing or damaged one names the stage to rerun; their figures are drawn after it
 
 STAGES = (
     Stage("activations", "groupsae.activations", "run_activations", ("seed", "model", "data", "activations"),
-          "load the model, estimate each layer's input scale (results/P/scales.json)"),
+          "load the model, estimate each layer's input scale (results/P/scales.json)", ("scales.json",)),
     Stage("distances", "groupsae.distances", "run_distances", ("distances",),
           "angular distances between every pair of layers (results/P/distances.json)", ("distances.json",)),
     Stage("group", "groupsae.grouping", "run_grouping", ("grouping",),
@@ -35,11 +40,12 @@ STAGES = (
     Stage("costs", "groupsae.flops", "run_costs", ("sae",),
           "compute model at G-hat: FLOPs of the activations and of one SAE, Table 2 (costs.json)", ("costs.json",)),
     Stage("train", "groupsae.train", "run_training", ("sae", "train"),
-          "train the per-layer baseline, the group SAEs of every G and the controls (runs/P/saes/)"),
+          "train the per-layer baseline, the group SAEs of every G and the controls (runs/P/saes/)", ("train.json",)),
     Stage("evaluate", "groupsae.evaluate", "run_evaluation", ("eval",),
-          "FVU, L0, dead latents, delta-CE and KL on held-out tokens (eval.json, summary.json)"),
+          "FVU, L0, dead latents, delta-CE and KL on held-out tokens (eval.json, summary.json)",
+          ("eval.json", "eval_per_layer.csv", "summary.json")),
     Stage("interp", "groupsae.interp_study", "run_interp", ("interp",),
-          "automatic interpretability: explanations, detection and fuzzing scores (interp.json)"),
+          "automatic interpretability: explanations, detection and fuzzing scores (interp.json)", ("interp.json",)),
     Stage("similarity", "groupsae.similarity", "run_similarity", ("similarity",),
           "MMCS, MMCO and feature spread of group SAEs against the baseline (similarity.json)", ("similarity.json",)),
     Stage("figures", "groupsae.figures", "make_figures", (),
@@ -79,27 +85,118 @@ def _runner(stage:Stage):
                                                 "Fix: reinstall with `make install`") from e
     return getattr(mod, stage.runner)
 
+def _save_time(res:Path, name:str, seconds:float):
+    "Record the wall time of stage `name` in timings.json's `stages` entry."
+    p = res / TIMINGS
+    save_timings({"stages": {**(load_json(p).get("stages", {}) if p.exists() else {}), name: seconds}}, res)
+
 def run_stages(cfg:RunConfig, names=STAGE_NAMES, root=None, force:bool=False, stages=STAGES, log=print) -> dict:
     "Run the named stages of `stages` in order, skipping those recorded as done with the same key."
     unknown = sorted(set(names) - {s.name for s in stages})
     if unknown: raise ConfigError(f"unknown stage(s) {unknown}. Fix: use some of {[s.name for s in stages]}")
-    keys, record, times = stage_keys(cfg, stages), load_record(cfg, root), {}
-    cfg.to_json(results_dir(cfg.preset, root) / "config.json")
+    keys, record, times, res = stage_keys(cfg, stages), load_record(cfg, root), {}, results_dir(cfg.preset, root)
+    cfg.to_json(res / "config.json")
     for s in stages:
         if s.name not in names: continue
         if not force and record.get(s.name) == keys[s.name]:
             log(f"[{s.name}] up to date, skipped (use --force to redo)"); continue
         log(f"[{s.name}] {s.help}")
         t0 = time.perf_counter()
-        _runner(s)(cfg, root)
-        if s.draws:
-            from groupsae.figures import draw   # every figure comes from its saved results file
-            for f in s.draws: draw(cfg.preset, f, root)
+        try:
+            _runner(s)(cfg, root)
+            from groupsae.figures import BUILDERS, draw   # every figure comes from its saved results file
+            for f in s.writes:
+                if f in BUILDERS: draw(cfg.preset, f, root)
+        except BaseException as e:
+            if getattr(e, "stage", None) is None: e.stage = s.name   # which stage failed, for the one-line message
+            raise
         times[s.name] = round(time.perf_counter() - t0, 1)
         record[s.name] = keys[s.name]
         save_json(record, _record_path(cfg, root))
+        _save_time(res, s.name, times[s.name])
         log(f"[{s.name}] done in {times[s.name]:.1f} s")
     return times
+
+# %% ../nbs/12_cli.ipynb #a166cc02
+EXIT_FAULT, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
+
+_DISK = {errno.ENOSPC: ("no space left on the device", "free some space (runs/ holds the checkpoints and SAE weights) "
+                        "or use --out on a disk with room, then rerun the same command to resume"),
+         errno.EDQUOT: ("disk quota exceeded", "free some space or use --out on a disk with room, then rerun to resume"),
+         errno.EROFS: ("the file system is read-only", "use --out on a writable disk"),
+         errno.EACCES: ("permission denied", "make the folder writable for this user, or use --out on a folder you own"),
+         errno.EPERM: ("operation not permitted", "make the folder writable for this user, or use --out on a folder you own")}
+
+def _writer(path) -> str|None:
+    "The stage that writes results file `path`, if one does."
+    return next((s.name for s in STAGES if Path(path).name in s.writes), None)
+
+def explain(e:BaseException) -> tuple:
+    "(one-line message, exit code) for an error met by the command line: the file or field, the cause and the fix."
+    stage = getattr(e, "stage", None)
+    where = f"[{stage}] " if stage else ""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)   # str(KeyError) adds quotes
+    if isinstance(e, KeyboardInterrupt):
+        return ("interrupted. Fix: rerun the same command to resume (finished stages are skipped, training resumes "
+                "from its last checkpoint)"), EXIT_INTERRUPTED
+    if isinstance(e, ConfigError): return where + msg, EXIT_CONFIG
+    if isinstance(e, (MissingFileError, CorruptFileError)) and (w := _writer(e.path)):
+        if isinstance(e, MissingFileError):
+            return (f"{where}{e.path} does not exist. Fix: run the {w!r} stage first (`groupsae {w}` with the same "
+                    "options), or `groupsae reproduce`, which runs every stage in order"), EXIT_FAULT
+        return (f"{where}{e.path} is damaged ({e.reason}). Fix: rerun the stage that writes it, `groupsae {w} --force` "
+                "with the same options"), EXIT_FAULT
+    if isinstance(e, OSError) and e.errno in _DISK:
+        cause, fix = _DISK[e.errno]
+        return f"{where}{e.filename or 'a file'}: {cause}. Fix: {fix}", EXIT_FAULT
+    if "Fix:" in msg or isinstance(e, (OSError, FloatingPointError)):   # written for the user (NonFiniteError is a FloatingPointError)
+        return where + " ".join(msg.split()), EXIT_FAULT
+    return (f"{where}internal error: {type(e).__name__}: {' '.join(msg.split())}. Rerun with --debug (or GROUPSAE_DEBUG=1) "
+            "for the traceback, and report it"), EXIT_FAULT
+
+# %% ../nbs/12_cli.ipynb #ed10517a
+class LockedError(RuntimeError):
+    "The output folder is in use by another live process; the message names it."
+
+def _holder(fd:int) -> dict:
+    "The holder recorded in an open lock file ({} if none)."
+    raw = os.pread(fd, 4096, 0)
+    try: return json.loads(raw) if raw.strip() else {}
+    except ValueError: return {"pid": "?", "command": raw[:60].decode(errors="replace")}
+
+def _describe(h:dict) -> str:
+    if not h: return "another process (starting up: it has not written its name yet)"
+    return f"pid {h.get('pid')} on {h.get('host')} (`{h.get('command')}`, started {h.get('started')})"
+
+@contextlib.contextmanager
+def output_lock(folder, # the folder to hold, runs/<preset>
+                command:str="groupsae", # the command line recorded for others to see
+                log=lambda m: print(m, file=sys.stderr)):
+    "Hold `folder`/lock while the body runs: a live holder raises LockedError naming it; a dead one's lock is taken over."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            if fcntl is None: raise OSError(errno.ENOSYS, "no fcntl module on this system")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{folder} is in use by {_describe(_holder(fd))}. Fix: wait for it to finish or stop it, "
+                              "or use another --out") from None
+        except OSError as e:   # a file system without locks: go on, unprotected
+            log(f"groupsae: cannot lock {folder} ({e.strerror}); make sure no other groupsae uses this --out")
+        if old := _holder(fd): log(f"groupsae: taking over the lock of {folder} from {_describe(old)}, which is no longer running")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+              "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0); os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0); os.fsync(fd)
+        try: yield me
+        finally: os.ftruncate(fd, 0)   # a clean exit leaves no holder named
+    finally: os.close(fd)             # closing the file drops the lock
+
+def sweep_temporaries(preset:str, root=None) -> list:
+    "Delete the temporary files a killed run left in results/P and figures/P (call it only while holding the lock)."
+    gone = sorted(p for d in (results_dir(preset, root), figures_dir(preset, root)) for p in d.rglob(".*.tmp"))
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
 
 # %% ../nbs/12_cli.ipynb #14545ca4
 EPILOG = """examples:
@@ -107,7 +204,9 @@ EPILOG = """examples:
   groupsae reproduce --preset pythia-160m     # the paper's setting (GPU and Hugging Face hub access)
   groupsae train --set train.n_tokens=50000   # one stage, with an override
   groupsae reproduce --config my.json --out /data/study
-results go to OUT/results/PRESET, figures to OUT/figures/PRESET, weights and caches to OUT/runs/PRESET."""
+results go to OUT/results/PRESET, figures to OUT/figures/PRESET, weights and caches to OUT/runs/PRESET.
+errors are one line on stderr naming the file or field, the cause and the fix; exit code 1 for a fault while
+running, 2 for a usage or config error, 130 when interrupted; --debug (or GROUPSAE_DEBUG=1) shows the traceback."""
 
 def _add_common(p):
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help=f"named settings (default {DEFAULT_PRESET})")
@@ -116,6 +215,7 @@ def _add_common(p):
                    help="override one field, e.g. --set train.n_tokens=50000 (VALUE is parsed as JSON when it can be)")
     p.add_argument("--out", metavar="DIR", default=None, help="root for results/, figures/ and runs/ (default: the repository)")
     p.add_argument("--force", action="store_true", help="redo stages even if their results exist for this config")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also GROUPSAE_DEBUG=1)")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `groupsae` argument parser."
@@ -138,7 +238,10 @@ def _parse_value(v:str):
 def config_from_args(args) -> RunConfig:
     "The RunConfig a command line asks for: a preset or a config file, then the overrides."
     if args.config and args.preset: raise ConfigError("--config and --preset both given. Fix: use one of them")
-    cfg = RunConfig.from_json(args.config) if args.config else get_preset(args.preset or DEFAULT_PRESET)
+    try: cfg = RunConfig.from_json(args.config) if args.config else get_preset(args.preset or DEFAULT_PRESET)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {args.config}: not valid JSON ({e}). Fix: correct the file, or start again from a "
+                          "results/PRESET/config.json") from None
     changes = {}
     for kv in args.overrides:
         if "=" not in kv: raise ConfigError(f"--set {kv!r}: expected KEY=VALUE. Fix: e.g. --set train.n_tokens=50000")
@@ -160,21 +263,32 @@ def describe_presets() -> str:
     return "\n".join(rows)
 
 # %% ../nbs/12_cli.ipynb #515b48be
-def main(argv=None) -> int:
-    "Entry point of the `groupsae` console script."
-    args = build_parser().parse_args(argv)
-    if args.command == "presets": print(describe_presets()); return 0
-    try: cfg = config_from_args(args)
-    except (ConfigError, FileNotFoundError) as e: print(f"groupsae: {e}", file=sys.stderr); return 2
+def _run(args, command:str) -> int:
+    cfg = config_from_args(args)
     root = _default_root(args.out)
     names = available_stages() if args.command == "reproduce" else (args.command,)
     missing = [n for n in STAGE_NAMES if n not in names] if args.command == "reproduce" else []
     if missing: print(f"groupsae: stages not in this version of the package, skipped: {', '.join(missing)}")
-    if cfg.n_threads:
-        import torch; torch.set_num_threads(cfg.n_threads)
-    t0 = time.perf_counter()
-    times = run_stages(cfg, names, root=root, force=args.force)
+    first = os.environ.get("RANK", "0") == "0"   # under torchrun, rank 0 holds the folder for all ranks
+    with output_lock(runs_dir(cfg.preset, root), command) if first else contextlib.nullcontext():
+        if first: sweep_temporaries(cfg.preset, root)
+        if cfg.n_threads:
+            import torch; torch.set_num_threads(cfg.n_threads)
+        t0 = time.perf_counter()
+        times = run_stages(cfg, names, root=root, force=args.force)
     print(f"\nfinished in {time.perf_counter() - t0:.0f} s " + " ".join(f"{k}={v:.0f}s" for k, v in times.items()))
     print(f"results: {results_dir(cfg.preset, root)}\nfigures: {figures_dir(cfg.preset, root)}\n"
           f"weights and caches: {runs_dir(cfg.preset, root)}")
     return 0
+
+def main(argv=None) -> int:
+    "Entry point of the `groupsae` console script: one line on stderr and a non-zero exit code on error (`explain`)."
+    args = build_parser().parse_args(argv)
+    if args.command == "presets": print(describe_presets()); return 0
+    debug = args.debug or os.environ.get("GROUPSAE_DEBUG", "").lower() not in ("", "0", "false", "no")
+    try: return _run(args, shlex.join(["groupsae", *(sys.argv[1:] if argv is None else argv)]))
+    except (Exception, KeyboardInterrupt) as e:
+        if debug: raise
+        msg, code = explain(e)
+        print(f"groupsae: {msg}", file=sys.stderr)
+        return code

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig', 'ActivationsConfig',
-           'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig', 'InterpConfig',
-           'SimilarityConfig', 'RunConfig', 'override', 'get_preset', 'set_seed', 'repo_root', 'results_dir',
-           'runs_dir', 'figures_dir', 'atomic_write', 'round_sig', 'save_json', 'load_json', 'use_style', 'savefig']
+__all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'TIMINGS', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig',
+           'ActivationsConfig', 'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig',
+           'InterpConfig', 'SimilarityConfig', 'RunConfig', 'override', 'get_preset', 'set_seed', 'repo_root',
+           'results_dir', 'runs_dir', 'figures_dir', 'MissingFileError', 'CorruptFileError', 'atomic_write',
+           'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'use_style', 'savefig']
 
 # %% ../nbs/00_config.ipynb #4dff557f
 class ConfigError(ValueError):
@@ -123,7 +124,8 @@ class TrainConfig:
     clip:float=1.0 # gradient-norm clip
     bf16:bool=False # bf16 autocast for the SAE step
     seeds:int=1 # seeds of the arms the claims rest on (baseline, Ĝ, even, small at Ĝ); replicas train in a second pass
-    checkpoint_every:int=0 # steps between checkpoints; 0 = only at the end
+    checkpoint_every:int=0 # steps between checkpoints; 0 = by wall time only
+    checkpoint_minutes:float=2.0 # also checkpoint when this much wall time passed since the last one; 0 = steps only
     log_every:int=10 # steps between logged losses
     wandb:bool=False # log to Weights & Biases (optional, off by default)
     def __post_init__(self):
@@ -133,7 +135,8 @@ class TrainConfig:
         _check(self.clip > 0, "train.clip", "must be positive", "use 1.0")
         _check(isinstance(self.seeds, int) and self.seeds >= 1, "train.seeds", f"{self.seeds!r} is not a positive integer",
                "use 1 for one seed, 3 for a spread")
-        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", "use 0 to checkpoint only at the end")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", "use 0 to checkpoint by wall time only")
+        _check(self.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must be >= 0", "use e.g. 2, or 0 to checkpoint by steps only")
         self.betas = tuple(self.betas)
 
     def lr_for(self, d_sae:int) -> float:
@@ -304,7 +307,7 @@ def _tiny() -> RunConfig:
         sae=SAEConfig(expansion=4, k=8, dead_tokens=1_024),
         train=TrainConfig(n_tokens=4_096, checkpoint_every=4),
         eval=EvalConfig(n_tokens=512, batch_size=4),
-        interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024),
+        interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024, model="tiny-llama"),
         similarity=SimilarityConfig(n_tokens=512, max_latents=64))
 
 PRESETS = {"smollm2-cpu": _smollm2_cpu, "pythia-160m": lambda: _pythia("160m", 131_072),
@@ -348,18 +351,32 @@ def figures_dir(preset:str, root=None) -> Path:
     return _subdir("figures", preset, root)
 
 # %% ../nbs/00_config.ipynb #e6e8c85e
+class MissingFileError(FileNotFoundError):
+    "A file an earlier stage writes is missing; `.path` names it."
+    def __init__(self, path):
+        self.path = Path(path)
+        super().__init__(f"{path} does not exist. Fix: run the stage that writes it first (see `groupsae reproduce --help`)")
+
+class CorruptFileError(ValueError):
+    "A file exists but cannot be read; `.path` names it, `.reason` says why."
+    def __init__(self, path, reason:str, fix:str="rerun the stage that writes it with --force, or delete it"):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} is damaged ({reason}). Fix: {fix}")
+
 def atomic_write(path, data):
-    "Write `data` (str or bytes) to `path` via a temporary file and a rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    "Write `data` (str or bytes) to `path` via a temporary file and a rename; an `OSError` names `path`."
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
         os.chmod(tmp, 0o644)   # mkstemp makes owner-only files; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
+    except BaseException as e:
+        if tmp and os.path.exists(tmp): os.remove(tmp)
+        if isinstance(e, OSError) and e.errno: raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
 
@@ -374,16 +391,43 @@ def round_sig(x, n:int=4):
         return float(f"{x:.{n}g}")
     return x
 
-def save_json(obj, path, n:int=4) -> Path:
+def split_keys(obj, keys) -> tuple:
+    "(`obj` without the dict keys in `keys` at any depth, a tree of the same shape holding what was taken, or None)."
+    if isinstance(obj, dict):
+        kept, taken = {}, {}
+        for k, v in obj.items():
+            if k in keys: taken[k] = v; continue
+            kept[k], t = split_keys(v, keys)
+            if t is not None: taken[k] = t
+        return kept, taken or None
+    if isinstance(obj, (list, tuple)):
+        pairs = [split_keys(v, keys) for v in obj]
+        taken = [t for _, t in pairs]
+        return [k for k, _ in pairs], taken if any(t is not None for t in taken) else None
+    return obj, None
+
+TIMINGS = "timings.json"
+
+def save_json(obj, path, n:int=4,
+              timings=()) -> Path: # names of wall-clock fields: moved from `obj` into timings.json beside `path`
     "Atomically write `obj` as sorted, indented JSON with floats rounded to `n` significant figures."
+    if timings:
+        obj, taken = split_keys(obj, set(timings))
+        if taken is not None: save_timings({Path(path).name: taken}, Path(path).parent)
     return atomic_write(path, json.dumps(round_sig(obj, n), indent=2, sort_keys=True, allow_nan=True) + "\n")
 
+def save_timings(entries:dict, folder) -> Path:
+    "Merge `entries` ({name: wall-clock measurements}) into `folder`/timings.json, replacing entries of the same name."
+    p = Path(folder) / TIMINGS
+    return save_json({**(load_json(p) if p.exists() else {}), **entries}, p)
+
 def load_json(path):
-    "Read a JSON results file, with a clear error if it is missing."
+    "Read a JSON results file, with a clear error naming the file if it is missing or damaged."
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"{p} does not exist. Fix: run the stage that writes it first "
-                                               "(see `groupsae reproduce --help`)")
-    return json.loads(p.read_text())
+    if not p.exists(): raise MissingFileError(p)
+    try: return json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(p, "the file is empty" if not p.stat().st_size else f"not valid JSON: {e}") from None
 
 # %% ../nbs/00_config.ipynb #a22e6e4c
 STYLE = {"figure.dpi": 100, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,

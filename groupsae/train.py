@@ -4,14 +4,15 @@
 
 # %% ../nbs/07_train.ipynb #e36cd8b1
 from __future__ import annotations
-import hashlib, math, os, time
+import hashlib, math, os, pickle, time
 from dataclasses import asdict
 from pathlib import Path
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .config import RunConfig, SAEConfig, TrainConfig, ConfigError, override, results_dir, runs_dir, save_json, load_json
+from .config import (RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, override, results_dir,
+                             runs_dir, save_json, load_json)
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
 from .activations import iter_activations, study_inputs, load_scales
@@ -19,8 +20,8 @@ from .study import SAESpec, specs_for_study, study_layout, suite_costs, seed_of
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
 # %% auto #0
-__all__ = ['draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFiniteError', 'Trainer', 'save_checkpoint', 'load_checkpoint',
-           'fit', 'wandb_logger', 'training_passes', 'run_training']
+__all__ = ['TIMING_KEYS', 'draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFiniteError', 'Trainer', 'save_checkpoint',
+           'load_checkpoint', 'fit', 'wandb_logger', 'training_passes', 'run_training']
 
 # %% ../nbs/07_train.ipynb #55973606
 def draw_layers(acts:Tensor, # [n_rows, n_tokens, d_model] activations of the trainer's layers
@@ -223,13 +224,18 @@ def save_checkpoint(state:dict, path) -> Path:
             torch.save(state, f); f.flush(); os.fsync(f.fileno())
         barrier()                       # all shards written before any replaces its previous version
         os.replace(tmp, path)
+    except OSError as e:                # a full or read-only disk: name the checkpoint, not the temporary file
+        if e.errno: raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp.exists(): tmp.unlink()
     return path
 
 def load_checkpoint(path) -> dict:
-    "Read a checkpoint (memory-mapped, weights_only)."
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    "Read a checkpoint (memory-mapped, weights_only); one that cannot be read raises CorruptFileError naming it."
+    try: return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CorruptFileError(path, str(e).split(". ")[0], "delete it; training then starts again from step 0") from None
 
 # %% ../nbs/07_train.ipynb #f04d4658
 def _check_all(trainer:Trainer):
@@ -240,9 +246,24 @@ def _check_all(trainer:Trainer):
     if msgs: raise NonFiniteError(msgs[0])
 
 def _fingerprint(trainer:Trainer, n_windows:int, batch_size:int) -> dict:
-    skip = ("checkpoint_every", "log_every", "wandb")
+    skip = ("checkpoint_every", "checkpoint_minutes", "log_every", "wandb")
     return dict(specs=[asdict(s) for s in trainer.specs], n_windows=n_windows, batch_size=batch_size, world=rank_world()[1],
                 sae=asdict(trainer.sae_cfg), train={k: v for k, v in asdict(trainer.cfg).items() if k not in skip})
+
+def _resume(trainer:Trainer, checkpoint, fp:dict, restart_stale:bool):
+    "Load `checkpoint` into `trainer` if it belongs to this run, and say so."
+    for junk in Path(checkpoint).parent.glob(f".{Path(checkpoint).name}.*.tmp"): junk.unlink(missing_ok=True)  # killed mid-write
+    if Path(checkpoint).exists():
+        sd = load_checkpoint(checkpoint)
+        if sd.get("fingerprint") == fp:
+            trainer.load_state_dict(sd["trainer"])
+            if rank_world()[0] == 0:
+                print(f"resuming from {checkpoint} at step {trainer.step_idx} ({max(trainer.tokens.values()):,} tokens)")
+        elif restart_stale: print(f"{checkpoint} belongs to another run (other config): starting afresh")
+        else: raise ConfigError(f"checkpoint {checkpoint} belongs to another run. Fix: delete it, or rerun with the same config")
+        del sd
+    if len(set(all_gather(trainer.step_idx))) > 1:
+        raise ConfigError(f"the checkpoint shards of {checkpoint} are at different steps. Fix: delete them and restart")
 
 def fit(trainer:Trainer, model,
         windows:Tensor, # [n_windows, context_len] training windows, consumed in this order
@@ -250,31 +271,26 @@ def fit(trainer:Trainer, model,
         batch_size:int, # windows per model forward
         special=(), # token ids whose positions are dropped (BOS, EOS)
         bf16:bool=False, # bf16 autocast for the model forward
-        checkpoint=None, # checkpoint file: resumed from if it exists, written every `checkpoint_every` steps
+        checkpoint=None, # checkpoint file: resumed from if it exists, written every `checkpoint_every` steps and `checkpoint_minutes`
         checkpoint_every:int=0, log_every:int=10, progress:bool=True,
         on_step=None, # called with the trainer after every step
         log_fn=None, # called with (step, {name: losses}) every `log_every` steps
-        restart_stale:bool=False) -> Trainer: # ignore (and later overwrite) a checkpoint of another run instead of failing
+        restart_stale:bool=False, # ignore (and later overwrite) a checkpoint of another run instead of failing
+        checkpoint_minutes:float|None=None) -> Trainer: # wall time between checkpoints; None = trainer.cfg's, 0 = steps only
     "Train `trainer` on `windows` (one model forward per batch) until every SAE saw about `n_tokens` tokens."
     n_windows = math.ceil(n_tokens / (windows.shape[1] - int(len(special) > 0)))
     if n_windows > len(windows):
         raise ConfigError(f"train.n_tokens={n_tokens:,} needs {n_windows} windows of {windows.shape[1]} tokens but the "
                           f"training split has {len(windows)}. Fix: raise data.n_train_tokens or lower train.n_tokens")
     n_steps, fp = math.ceil(n_windows / batch_size), _fingerprint(trainer, n_windows, batch_size)
-    if checkpoint is not None:
-        for junk in Path(checkpoint).parent.glob(f".{Path(checkpoint).name}.*.tmp"): junk.unlink(missing_ok=True)  # killed mid-write
-    if checkpoint is not None and Path(checkpoint).exists():
-        sd = load_checkpoint(checkpoint)
-        if sd.get("fingerprint") == fp: trainer.load_state_dict(sd["trainer"])
-        elif restart_stale: print(f"{checkpoint} belongs to another run (other config): starting afresh")
-        else: raise ConfigError(f"checkpoint {checkpoint} belongs to another run. Fix: delete it, or rerun with the same config")
-        del sd
-    if len(set(all_gather(trainer.step_idx))) > 1:
-        raise ConfigError(f"the checkpoint shards of {checkpoint} are at different steps. Fix: delete them and restart")
+    if checkpoint is not None: _resume(trainer, checkpoint, fp, restart_stale)
+    minutes = trainer.cfg.checkpoint_minutes if checkpoint_minutes is None else checkpoint_minutes
+    one = rank_world()[1] == 1   # several ranks agree on a wall-time checkpoint at log steps, where they sync anyway
     it = iter_activations(model, windows[trainer.step_idx * batch_size: n_windows], trainer.layers, batch_size, special,
                           bf16, progress=False)
     bar = tqdm(total=n_steps, initial=trainer.step_idx, desc=f"training {len(trainer.specs)} SAEs",
                disable=not progress or rank_world()[0] != 0)
+    saved_at = time.monotonic()
     while trainer.step_idx < n_steps:
         trainer.step(trainer.next_batch(it)); bar.update(1)
         s = trainer.step_idx
@@ -283,9 +299,11 @@ def fit(trainer:Trainer, model,
             last = trainer.log()
             bar.set_postfix(mean_fvu=f"{sum(v['fvu'] for v in last.values()) / max(len(last), 1):.3f}")
             if log_fn: log_fn(s, last)
-        if checkpoint is not None and checkpoint_every and s % checkpoint_every == 0 and s < n_steps:
+        late = minutes > 0 and (one or s % log_every == 0) and any(all_gather(time.monotonic() - saved_at >= 60 * minutes))
+        if checkpoint is not None and s < n_steps and (late or (checkpoint_every and s % checkpoint_every == 0)):
             _check_all(trainer)
             save_checkpoint(dict(fingerprint=fp, trainer=trainer.state_dict()), checkpoint)
+            saved_at = time.monotonic()
         if on_step: on_step(trainer)
     bar.close()
     _check_all(trainer)
@@ -302,6 +320,8 @@ def wandb_logger(enabled:bool, name:str, config:dict):
     return lambda step, last: run.log({f"{n}/{k}": v for n, d in last.items() for k, v in d.items()}, step=step)
 
 # %% ../nbs/07_train.ipynb #2e7baf58
+TIMING_KEYS = ("wall_s", "model_forward_s", "saving_wall")   # train.json's wall-clock fields: saved to timings.json
+
 def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:Path, ckpt_name:str, progress:bool=True) -> dict|None:
     "Train `specs` from one pass over the training windows, save them under runs/saes; rank 0 gets their accounting."
     rank, world = rank_world()
@@ -368,7 +388,7 @@ def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
                "tokens_per_sae": max(a["tokens"] for a in acct.values()),
                "model_forward_s": model_s, "wall_s": time.perf_counter() - t0, "G_hat": groups["G_hat"],
                "saes": acct, "layout": layout, "suites": suite_costs(acct, layout, model_s)}
-        save_json(out, res / "train.json")
+        save_json(out, res / "train.json", timings=TIMING_KEYS)
         for i in range(len(passes)): (runs / f"train_pass{i}.json").unlink(missing_ok=True)
     barrier()
     return out
