@@ -29,6 +29,7 @@ class Stage:
     sections:tuple # config sections this stage reads
     help:str # one line for --help
     writes:tuple=() # results files (in results/P) this stage writes: a missing or damaged one names the stage to rerun; their figures are drawn after it
+    in_reproduce:bool=True # run by `groupsae reproduce`; False: only by its own sub-command
 
 STAGES = (
     Stage("activations", "groupsae.activations", "run_activations", ("seed", "model", "data", "activations"),
@@ -50,8 +51,11 @@ STAGES = (
           "MMCS, MMCO and feature spread of group SAEs against the baseline (similarity.json)", ("similarity.json",)),
     Stage("figures", "groupsae.figures", "make_figures", (),
           "redraw every paper figure and table from results/P into figures/P"),
+    Stage("scaling", "groupsae.scaling", "run_scaling", ("scaling",),
+          "longer training, not part of reproduce: baseline and G-hat SAEs at multiples of the tokens (scaling.json)",
+          ("scaling.json",), in_reproduce=False),
 )
-STAGE_NAMES = tuple(s.name for s in STAGES)
+STAGE_NAMES = tuple(s.name for s in STAGES if s.in_reproduce)   # the stages `reproduce` runs, in order
 
 # %% ../nbs/12_cli.ipynb #f083853f
 def stage_keys(cfg:RunConfig, stages=STAGES) -> dict:
@@ -266,7 +270,7 @@ def describe_presets() -> str:
 def _run(args, command:str) -> int:
     cfg = config_from_args(args)
     root = _default_root(args.out)
-    names = available_stages() if args.command == "reproduce" else (args.command,)
+    names = tuple(n for n in available_stages() if n in STAGE_NAMES) if args.command == "reproduce" else (args.command,)
     missing = [n for n in STAGE_NAMES if n not in names] if args.command == "reproduce" else []
     if missing: print(f"groupsae: stages not in this version of the package, skipped: {', '.join(missing)}")
     first = os.environ.get("RANK", "0") == "0"   # under torchrun, rank 0 holds the folder for all ranks

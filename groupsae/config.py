@@ -13,9 +13,9 @@ import torch
 # %% auto #0
 __all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'TIMINGS', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig',
            'ActivationsConfig', 'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig',
-           'InterpConfig', 'SimilarityConfig', 'RunConfig', 'override', 'get_preset', 'set_seed', 'repo_root',
-           'results_dir', 'runs_dir', 'figures_dir', 'MissingFileError', 'CorruptFileError', 'atomic_write',
-           'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'use_style', 'savefig']
+           'InterpConfig', 'SimilarityConfig', 'ScalingConfig', 'RunConfig', 'override', 'get_preset', 'set_seed',
+           'repo_root', 'results_dir', 'runs_dir', 'figures_dir', 'MissingFileError', 'CorruptFileError',
+           'atomic_write', 'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'use_style', 'savefig']
 
 # %% ../nbs/00_config.ipynb #4dff557f
 class ConfigError(ValueError):
@@ -191,6 +191,15 @@ class SimilarityConfig:
         _check(self.Gs is None or (len(self.Gs) > 0 and all(isinstance(g, int) and g > 0 for g in self.Gs)),
                "similarity.Gs", f"{self.Gs} is not a non-empty list of positive integers", "give numbers of groups or None")
 
+@dataclass
+class ScalingConfig:
+    "Longer training (07c_scaling): the baseline and Ĝ arms trained to multiples of train.n_tokens in one snapshotted run."
+    multiples:list=field(default_factory=lambda: [1, 4, 16]) # snapshots at these multiples of train.n_tokens
+    def __post_init__(self):
+        _check(len(self.multiples) > 0 and all(isinstance(m, int) and m >= 1 for m in self.multiples), "scaling.multiples",
+               f"{self.multiples} is not a non-empty list of integers >= 1", "give e.g. [1, 4, 16]")
+
+
 # %% ../nbs/00_config.ipynb #ad135c0f
 def _from_dict(cls, d:dict, where:str=""):
     "Build dataclass `cls` from a (nested) dict, rejecting unknown keys."
@@ -220,6 +229,7 @@ class RunConfig:
     eval:EvalConfig=field(default_factory=EvalConfig)
     interp:InterpConfig=field(default_factory=InterpConfig)
     similarity:SimilarityConfig=field(default_factory=SimilarityConfig)
+    scaling:ScalingConfig=field(default_factory=ScalingConfig)
 
     def __post_init__(self):
         _check(re.fullmatch(r"[A-Za-z0-9._-]+", self.preset or "") is not None, "preset",

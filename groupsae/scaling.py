@@ -57,9 +57,9 @@ def _evaluate_snapshot(cfg, inp, folder, names, groups, n_layers, scales, ce_win
         out[arm] = {"mean": s["mean"], "std": s["std"]}
     return out
 
-def run_scaling(cfg:RunConfig, root=None, multiples=(1, 4, 16), progress:bool=True) -> dict:
-    "Train the baseline and Ĝ arms on max(multiples)·train.n_tokens tokens, snapshot at each multiple, evaluate; writes scaling.json."
-    multiples = sorted(int(m) for m in multiples)
+def run_scaling(cfg:RunConfig, root=None, multiples=None, progress:bool=True) -> dict:
+    "Train the baseline and Ĝ arms on max(multiples)·train.n_tokens tokens (default scaling.multiples), snapshot at each multiple, evaluate; writes scaling.json."
+    multiples = sorted(int(m) for m in (multiples or cfg.scaling.multiples))
     if not multiples or multiples[0] < 1: raise ConfigError(f"multiples {multiples} must be integers >= 1. Fix: e.g. 1 4 16")
     res, runs = results_dir(cfg.preset, root), runs_dir(cfg.preset, root) / "scaling"
     groups, scales = load_json(res / "groups.json"), load_scales(cfg.preset, root)
