@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= smollm2-cpu
 
-.PHONY: install test reproduce lab bench readme clean-nbs check
+.PHONY: install test reproduce scaling lab bench readme clean-nbs check
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/groupsae reproduce --preset $(PRESET)
+
+# Longer training (07c_scaling), after `make reproduce`: the baseline and G-hat SAEs at 1x, 4x and 16x the preset's tokens
+scaling: $(STAMP)
+	$(BIN)/groupsae scaling --preset $(PRESET)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir nbs
