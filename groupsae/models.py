@@ -77,9 +77,10 @@ def random_model(config, seed:int=0, device="cpu", dtype=torch.float32) -> nn.Mo
 # %% ../nbs/01_models.ipynb #1f5e0583
 def _gguf(path:Path, dtype):
     if not path.exists(): raise ModelLoadError(f"GGUF file {path} does not exist. Fix: check the path, or use 'smollm2'")
-    check_family(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype), tok
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    check_family(model.config)   # after loading: reading a GGUF config alone costs as much as the model (~12 s)
+    return model, tok
 
 def _offline() -> bool: return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
