@@ -60,7 +60,10 @@ def _tiny_fields(arch:str, n:int, d:int, v:int) -> tuple:
             "opt": (OPTConfig, body | dict(ffn_dim=4 * d, word_embed_proj_dim=d)),
            }.get(arch, (None, None))
 
-def tiny_config(arch:str="neox", n_layers:int=4, d_model:int=64, vocab_size:int=49152, **kw):
+def tiny_config(arch:str="neox", # the family: one of TINY_ARCHS
+                n_layers:int=4, d_model:int=64,
+                vocab_size:int=49152, # the SmolLM2 tokenizer's
+                **kw): # config fields to override, e.g. do_layer_norm_before=False, word_embed_proj_dim=32 (OPT-350m's layout)
     "Config of a tiny random model of family `arch` ('neox', 'llama', 'mistral', 'qwen2', 'gemma2', 'gpt2' or 'opt'); `kw` overrides its fields."
     cls, fields = _tiny_fields(arch, n_layers, d_model, vocab_size)
     if cls is None: raise ModelLoadError(f"unknown tiny architecture {arch!r}. Fix: use one of {TINY_ARCHS}")
@@ -77,9 +80,10 @@ def random_model(config, seed:int=0, device="cpu", dtype=torch.float32) -> nn.Mo
 # %% ../nbs/01_models.ipynb #1f5e0583
 def _gguf(path:Path, dtype):
     if not path.exists(): raise ModelLoadError(f"GGUF file {path} does not exist. Fix: check the path, or use 'smollm2'")
-    check_family(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype), tok
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    check_family(model.config)   # after loading: reading a GGUF config alone costs as much as the model (~12 s)
+    return model, tok
 
 def _offline() -> bool: return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 

@@ -5,7 +5,7 @@ import pytest, torch
 from torch.utils.flop_counter import FlopCounterMode
 from groupsae.cli import main
 from groupsae.data import shakespeare_texts
-from groupsae.models import (FAMILIES, TINY_ARCHS, ModelLoadError, blocks, block_inputs, block_output, embedded_tokenizer,
+from groupsae.models import (FAMILIES, TINY_ARCHS, ModelLoadError, blocks, block_inputs, embedded_tokenizer,
                              final_norm, load_model, random_model, tiny_config, unembed)
 from groupsae.activations import residual_streams
 from groupsae.evaluate import clean_pass, evaluate, forward_from_layer, spliced_forward
@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 VARIANTS = {a: (a, {}) for a in TINY_ARCHS} | {"opt-350m": ("opt", dict(do_layer_norm_before=False, word_embed_proj_dim=32))}
 STAGES = ("activations", "distances", "group", "train", "evaluate", "similarity")
 SMALL = ["data.n_train_tokens=2048", "data.n_eval_tokens=512", "train.n_tokens=2048", "activations.n_scale_tokens=256",
-         "distances.n_tokens=1024", "eval.n_tokens=256", "eval.ce_tokens=64", "similarity.n_tokens=256"]
+         "distances.n_tokens=1024", "eval.n_tokens=128", "eval.ce_tokens=64", "eval.splice=ghat", "similarity.n_tokens=128"]
 
 def test_every_family_has_a_tiny_model():
     assert set(TINY_ARCHS) == {"neox", "llama", "mistral", "qwen2", "gemma2", "gpt2", "opt"}
@@ -37,20 +37,25 @@ def corpus(tmp_path_factory):
     f.write_text(shakespeare_texts()[0][:60_000])
     return f
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def model_dir(request, tmp_path_factory, tokenizer_dir):
-    "A folder holding a tiny random model of one family (save_pretrained) and the SmolLM2 tokenizer beside it."
-    arch, fields = VARIANTS[request.param]
-    d = tmp_path_factory.mktemp(request.param)
-    random_model(tiny_config(arch, **fields), seed=1).save_pretrained(d)
-    for f in tokenizer_dir.iterdir(): shutil.copy(f, d)
-    return d
+@pytest.fixture(scope="session")
+def saved(tmp_path_factory, tokenizer_dir):
+    "name -> a folder holding a tiny random model of that variant (save_pretrained) and the SmolLM2 tokenizer beside it."
+    cache = {}
+    def get(name):
+        if name not in cache:
+            arch, fields = VARIANTS[name]
+            d = cache[name] = tmp_path_factory.mktemp(name)
+            random_model(tiny_config(arch, **fields), seed=1).save_pretrained(d)
+            for f in tokenizer_dir.iterdir(): shutil.copy(f, d)
+        return cache[name]
+    return get
 
 def _ids(n=3, seq=24):   # 24 tokens: longer than the tiny sliding windows (16)
     return torch.randint(3, 1000, (n, seq), generator=torch.Generator().manual_seed(0))
 
-def test_early_exit_equals_the_models_hidden_states(model_dir):
-    model, _ = load_model(str(model_dir))
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_early_exit_equals_the_models_hidden_states(name, saved):
+    model, _ = load_model(str(saved(name)))
     ids = _ids()
     with torch.no_grad(): hs = model(ids, output_hidden_states=True).hidden_states   # hs[l + 1]: block l's output, l < L-1
     ran = []
@@ -63,8 +68,9 @@ def test_early_exit_equals_the_models_hidden_states(model_dir):
     last = residual_streams(model, ids, [3])[0]                       # the model's last entry comes after final_norm
     torch.testing.assert_close(final_norm(model)(last), hs[-1], rtol=1e-6, atol=1e-6)
 
-def test_delta_ce_splice_of_an_identity_is_clean(model_dir):
-    model, _ = load_model(str(model_dir))
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_delta_ce_splice_of_an_identity_is_clean(name, saved):
+    model, _ = load_model(str(saved(name)))
     ids = _ids()
     with torch.no_grad(): ref = model(ids).logits
     cp = clean_pass(model, ids)
@@ -92,8 +98,9 @@ def _identity_sae(d:int) -> TopKSAE:
     with torch.no_grad(): sae.W_enc.copy_(eye); sae.W_dec.copy_(eye)
     return sae.eval().requires_grad_(False)
 
-def test_evaluate_scores_an_identity_sae_as_lossless(model_dir):
-    model, _ = load_model(str(model_dir))
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_evaluate_scores_an_identity_sae_as_lossless(name, saved):
+    model, _ = load_model(str(saved(name)))
     ids = _ids(4, 20)
     sae = _identity_sae(model.config.hidden_size)
     res = evaluate(model, ids, {"id": sae}, [("id", l) for l in range(4)], batch_size=2,
@@ -120,7 +127,9 @@ def test_forward_flops_per_family_on_meta(name):
     meta = random_model(tiny_config(arch, **fields), device="meta")
     assert forward_flops(meta, 128) == _model_flops(meta, 128) > 0
 
-def test_stages_from_a_local_folder(model_dir, corpus, tmp_path):
+@pytest.mark.parametrize("name", TINY_ARCHS)
+def test_stages_from_a_local_folder(name, saved, corpus, tmp_path):
+    model_dir = saved(name)
     sets = [a for kv in (f"model.name={model_dir}", f"data.source={corpus}", *SMALL) for a in ("--set", kv)]
     for stage in STAGES:
         assert main([stage, "--preset", "tiny", *sets, "--out", str(tmp_path)]) == 0, stage
@@ -136,7 +145,8 @@ def test_stages_from_a_local_folder(model_dir, corpus, tmp_path):
     assert math.isclose(read("costs.json")["A"], _model_flops(meta, 1024) * 1e9 / 1024, rel_tol=1e-3)
     summary = read("summary.json")
     assert 0 < summary["baseline_fvu"] < 1.5 and math.isfinite(summary["baseline_delta_ce"]) and summary["n_layers"] == 4
-    assert read("similarity.json")
+    sim = read("similarity.json")
+    assert sim["G_hat"] == groups["G_hat"] and sim["n_tokens"] == 128 and "mmcs" in sim
 
 def test_an_unsupported_family_fails_before_any_compute(tmp_path, tokenizer_dir):
     from transformers import BertConfig
