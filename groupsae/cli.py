@@ -191,7 +191,8 @@ def output_lock(folder, # the folder to hold, runs/<preset>
         if old := _holder(fd): log(f"groupsae: taking over the lock of {folder} from {_describe(old)}, which is no longer running")
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
               "started": datetime.now().astimezone().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0); os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0); os.fsync(fd)
+        try: os.ftruncate(fd, 0); os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as e: raise OSError(e.errno, e.strerror, str(folder / "lock")) from e   # a full disk: name the file
         try: yield me
         finally: os.ftruncate(fd, 0)   # a clean exit leaves no holder named
     finally: os.close(fd)             # closing the file drops the lock
@@ -285,6 +286,11 @@ def _run(args, command:str) -> int:
           f"weights and caches: {runs_dir(cfg.preset, root)}")
     return 0
 
+def _close_bars():
+    "Close the progress bars a failed stage left open, so that its message starts a line of its own."
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())): bar.close()
+
 def main(argv=None) -> int:
     "Entry point of the `groupsae` console script: one line on stderr and a non-zero exit code on error (`explain`)."
     args = build_parser().parse_args(argv)
@@ -294,5 +300,6 @@ def main(argv=None) -> int:
     except (Exception, KeyboardInterrupt) as e:
         if debug: raise
         msg, code = explain(e)
+        _close_bars()
         print(f"groupsae: {msg}", file=sys.stderr)
         return code

@@ -125,7 +125,7 @@ class TrainConfig:
     bf16:bool=False # bf16 autocast for the SAE step
     seeds:int=1 # seeds of the arms the claims rest on (baseline, Ĝ, even, small at Ĝ); replicas train in a second pass
     checkpoint_every:int=0 # steps between checkpoints; 0 = by wall time only
-    checkpoint_minutes:float=2.0 # also checkpoint when this much wall time passed since the last one; 0 = steps only
+    checkpoint_minutes:float=2.0 # also checkpoint after this much wall time (or 20x a write, if longer); 0 = steps only
     log_every:int=10 # steps between logged losses
     wandb:bool=False # log to Weights & Biases (optional, off by default)
     def __post_init__(self):

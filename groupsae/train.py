@@ -276,7 +276,7 @@ def fit(trainer:Trainer, model,
         on_step=None, # called with the trainer after every step
         log_fn=None, # called with (step, {name: losses}) every `log_every` steps
         restart_stale:bool=False, # ignore (and later overwrite) a checkpoint of another run instead of failing
-        checkpoint_minutes:float|None=None) -> Trainer: # wall time between checkpoints; None = trainer.cfg's, 0 = steps only
+        checkpoint_minutes:float|None=None) -> Trainer: # wall time between checkpoints (at least 20x a write); None = trainer.cfg's, 0 = steps only
     "Train `trainer` on `windows` (one model forward per batch) until every SAE saw about `n_tokens` tokens."
     n_windows = math.ceil(n_tokens / (windows.shape[1] - int(len(special) > 0)))
     if n_windows > len(windows):
@@ -288,24 +288,25 @@ def fit(trainer:Trainer, model,
     one = rank_world()[1] == 1   # several ranks agree on a wall-time checkpoint at log steps, where they sync anyway
     it = iter_activations(model, windows[trainer.step_idx * batch_size: n_windows], trainer.layers, batch_size, special,
                           bf16, progress=False)
-    bar = tqdm(total=n_steps, initial=trainer.step_idx, desc=f"training {len(trainer.specs)} SAEs",
-               disable=not progress or rank_world()[0] != 0)
-    saved_at = time.monotonic()
-    while trainer.step_idx < n_steps:
-        trainer.step(trainer.next_batch(it)); bar.update(1)
-        s = trainer.step_idx
-        if s % log_every == 0 or s == n_steps:
-            _check_all(trainer)
-            last = trainer.log()
-            bar.set_postfix(mean_fvu=f"{sum(v['fvu'] for v in last.values()) / max(len(last), 1):.3f}")
-            if log_fn: log_fn(s, last)
-        late = minutes > 0 and (one or s % log_every == 0) and any(all_gather(time.monotonic() - saved_at >= 60 * minutes))
-        if checkpoint is not None and s < n_steps and (late or (checkpoint_every and s % checkpoint_every == 0)):
-            _check_all(trainer)
-            save_checkpoint(dict(fingerprint=fp, trainer=trainer.state_dict()), checkpoint)
-            saved_at = time.monotonic()
-        if on_step: on_step(trainer)
-    bar.close()
+    saved_at, write_s = time.monotonic(), 0.0   # write_s: the last checkpoint's cost, so writes take at most ~5% of the time
+    with tqdm(total=n_steps, initial=trainer.step_idx, desc=f"training {len(trainer.specs)} SAEs",
+              disable=not progress or rank_world()[0] != 0) as bar:   # closed on an error too, before its message
+        while trainer.step_idx < n_steps:
+            trainer.step(trainer.next_batch(it)); bar.update(1)
+            s = trainer.step_idx
+            if s % log_every == 0 or s == n_steps:
+                _check_all(trainer)
+                last = trainer.log()
+                bar.set_postfix(mean_fvu=f"{sum(v['fvu'] for v in last.values()) / max(len(last), 1):.3f}")
+                if log_fn: log_fn(s, last)
+            wait = max(60 * minutes, 20 * write_s)
+            late = minutes > 0 and (one or s % log_every == 0) and any(all_gather(time.monotonic() - saved_at >= wait))
+            if checkpoint is not None and s < n_steps and (late or (checkpoint_every and s % checkpoint_every == 0)):
+                _check_all(trainer)
+                t0 = time.monotonic()
+                save_checkpoint(dict(fingerprint=fp, trainer=trainer.state_dict()), checkpoint)
+                saved_at = time.monotonic(); write_s = saved_at - t0
+            if on_step: on_step(trainer)
     _check_all(trainer)
     return trainer
 
