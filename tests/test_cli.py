@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from conftest import EXE, ENV, groupsae
 
-STAGES = ("activations", "distances", "group", "train", "evaluate", "interp", "similarity", "figures")
+from groupsae.cli import STAGE_NAMES as STAGES   # the stages `reproduce` runs
 
 def copy_study(tiny_study, dst:Path) -> Path:
     "A private copy of the reference study, for tests that change files."
