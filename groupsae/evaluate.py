@@ -336,7 +336,7 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
           "settings": settings, "seeds": spread, "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,
           "n_pairs": len(pairs), "seconds": {**res.seconds, "total": wall},
           "seconds_per_pair": res.seconds["pairs"] / max(len(pairs), 1)}
-    save_json(ev, rd / "eval.json")
+    save_json(ev, rd / "eval.json", timings=("seconds", "seconds_per_pair"))   # wall clock: timings.json
     summary = load_json(rd / "summary.json") if (rd / "summary.json").exists() else {}
     summary.update({"n_layers": L, "G_hat": g_hat, "amad_G_hat": groups["amad"][str(g_hat)], **seed_summary(spread),
                     **compute_savings(costs, g_hat, L), "eval_config_hash": cfg.hash()})

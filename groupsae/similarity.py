@@ -348,7 +348,7 @@ def run_similarity(cfg:RunConfig, root=None,
            "spread_all": {n: {k_: v["spread"][k_] for k_ in ("layers", "n_alive", "dominant_share_mean", "layers_fired_mean")}
                           for n, v in by_sae.items()},
            "n_tokens": n_seen, "max_latents": max_latents, "config_hash": cfg.hash(), "seconds": time.perf_counter() - t0}
-    save_json(out, res / "similarity.json")
+    save_json(out, res / "similarity.json", timings=("seconds",))   # wall clock: timings.json
     mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")
     log(f"[similarity] G_hat={G_hat}: layers {out['layers']}, {n_seen:,} tokens, mean MMCS {mean(out['mmcs']):.3f}, "
         f"mean MMCO {mean(out['mmco']):.3f}; {len(by_sae)} group SAEs over G={Gs} in {out['seconds']:.0f} s")

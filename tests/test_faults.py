@@ -26,9 +26,7 @@ from groupsae.config import split_keys
 
 SEED, MAX_KILLS, BUDGET_S, STARTUP_S = 15, 5, 900, 3.0
 GROWING = {"summary.json", "timings.json"}   # rewritten by several stages during one run
-STILL_INSIDE = {"eval.json": ("seconds", "seconds_per_pair"),            # 08_evaluate's run_evaluation
-                "interp.json": ("seconds", "seconds_explain", "seconds_score"),   # 09b_interp_study's run_interp
-                "similarity.json": ("seconds",)}                          # 10_similarity's run_similarity
+STILL_INSIDE = {"interp.json": ("seconds", "seconds_explain", "seconds_score")}   # 09b_interp_study's run_interp
 
 def files(root:Path) -> dict:
     "{relative path: bytes} of results/tiny and figures/tiny, temporaries of atomic writes aside."
