@@ -3,7 +3,7 @@ beside it, through the CLI stages; per family, the early-exit extraction, the Δ
 import json, math, shutil
 import pytest, torch
 from torch.utils.flop_counter import FlopCounterMode
-from groupsae.cli import main
+from groupsae.cli import STAGE_NAMES, main
 from groupsae.data import shakespeare_texts
 from groupsae.models import (FAMILIES, TINY_ARCHS, ModelLoadError, blocks, block_inputs, embedded_tokenizer,
                              final_norm, load_model, random_model, tiny_config, unembed)
@@ -16,7 +16,8 @@ torch.set_num_threads(1)
 # name -> (family, config fields): every tiny family, plus OPT-350m's layout (post-LN without a final norm, a
 # 32-wide embedding projected in and out of the 64-wide residual stream)
 VARIANTS = {a: (a, {}) for a in TINY_ARCHS} | {"opt-350m": ("opt", dict(do_layer_norm_before=False, word_embed_proj_dim=32))}
-STAGES = ("activations", "distances", "group", "train", "evaluate", "similarity")
+# the stages of the issue, and the compute model ("costs") where the command line runs it as a stage of its own
+STAGES = tuple(s for s in ("activations", "distances", "group", "costs", "train", "evaluate", "similarity") if s in STAGE_NAMES)
 SMALL = ["data.n_train_tokens=2048", "data.n_eval_tokens=512", "train.n_tokens=2048", "activations.n_scale_tokens=256",
          "distances.n_tokens=1024", "eval.n_tokens=128", "eval.ce_tokens=64", "eval.splice=ghat", "similarity.n_tokens=128"]
 
@@ -148,10 +149,17 @@ def test_stages_from_a_local_folder(name, saved, corpus, tmp_path):
     sim = read("similarity.json")
     assert sim["G_hat"] == groups["G_hat"] and sim["n_tokens"] == 128 and "mmcs" in sim
 
-def test_an_unsupported_family_fails_before_any_compute(tmp_path, tokenizer_dir):
+def _cli_error(capsys, argv) -> str:
+    "What the command line reports for a failing command: its one-line message on stderr, or the error it raises."
+    try: rc = main(argv)
+    except ModelLoadError as e: return str(e)
+    assert rc != 0
+    return capsys.readouterr().err
+
+def test_an_unsupported_family_fails_before_any_compute(tmp_path, tokenizer_dir, capsys):
     from transformers import BertConfig
     BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128).save_pretrained(tmp_path / "bert")
     for f in tokenizer_dir.iterdir(): shutil.copy(f, tmp_path / "bert")
-    with pytest.raises(ModelLoadError, match=r"model type 'bert' \(BertConfig\) is not supported.*gpt_neox, llama, mistral, qwen2, gemma2, gpt2, opt"):
-        main(["activations", "--preset", "tiny", "--set", f"model.name={tmp_path / 'bert'}", "--out", str(tmp_path / "out")])
+    msg = _cli_error(capsys, ["activations", "--preset", "tiny", "--set", f"model.name={tmp_path / 'bert'}", "--out", str(tmp_path / "out")])
+    assert "model type 'bert' (BertConfig) is not supported" in msg and "gpt_neox, llama, mistral, qwen2, gemma2, gpt2, opt" in msg
     assert not (tmp_path / "out" / "results" / "tiny" / "scales.json").exists()
