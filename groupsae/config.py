@@ -32,7 +32,7 @@ SPLICE_MODES = ("all", "ghat", "none")   # eval.splice: settings spliced all at 
 @dataclass
 class ModelConfig:
     "Which causal LM to load and where to run it."
-    name:str="smollm2" # 'smollm2' (embedded), a hub name, a local dir, a .gguf path, 'tiny-neox', 'tiny-llama'
+    name:str="smollm2" # 'smollm2' (embedded), a hub name, a local dir, a .gguf path, 'tiny-FAMILY' (neox, llama, mistral, qwen2, gemma2, gpt2, opt)
     dtype:str="float32" # weights dtype: float32, bfloat16 or float16
     device:str="cpu" # 'cpu', 'cuda', 'cuda:N' or 'mps'
     def __post_init__(self):

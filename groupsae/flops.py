@@ -20,11 +20,11 @@ SMOLLM2_CONFIG = dict(hidden_size=576, intermediate_size=1536, num_attention_hea
                       num_hidden_layers=30, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192)
 
 def config_for(name:str):
-    "Model config for 'pythia-SIZE', 'smollm2', 'tiny-neox' or 'tiny-llama' (no weights needed)."
+    "Model config for 'pythia-SIZE', 'smollm2', or 'tiny-FAMILY' (no weights needed)."
     if name.startswith("pythia-") and name[7:] in PYTHIA_SHAPES: return pythia_config(name[7:])
     if name == "smollm2": return LlamaConfig(**SMOLLM2_CONFIG)
     if name.startswith("tiny-"): return tiny_config(name[5:])
-    raise ValueError(f"no built-in config for {name!r}. Fix: use pythia-70m/160m/410m/1b, smollm2, tiny-neox/llama, "
+    raise ValueError(f"no built-in config for {name!r}. Fix: use pythia-70m/160m/410m/1b, smollm2, tiny-FAMILY, "
                      "or measure_costs(model) on a loaded model")
 
 def forward_flops(model, seq_len:int=1024) -> int:
