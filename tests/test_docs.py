@@ -31,7 +31,7 @@ def test_site_pages_links_and_cells(tmp_path):
              "metadata": {}, "data": {"text/markdown": "### f\n\n[source](https://github.com/groupsae/groupsae/blob/main/groupsae/a.py#LNone)"
              '{target="_blank" style="float:right"}', "text/plain": "f"}}])])
     write_nb(tmp_path / "nbs" / "b_two.ipynb", [md("# Second page\n> two\n\n## Part\nback to [home](index.ipynb)")])
-    pages = make_docs.build(tmp_path / "nbs", tmp_path / "site")
+    pages = make_docs.build(tmp_path / "nbs", tmp_path / "site", jobs=1)
     assert pages == [("index.html", "Home"), ("a_one.html", "First page"), ("b_two.html", "Second page")]
     index, one = (tmp_path / "site" / "index.html").read_text(), (tmp_path / "site" / "a_one.html").read_text()
     assert 'href="b_two.html#part"' in index and ".ipynb" not in index

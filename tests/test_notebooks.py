@@ -39,9 +39,9 @@ def test_notebook(nb_path):
 # fail on a notebook that lost its outputs (saved from a fresh kernel, cleared with nbdev_clean --clear_all, ...).
 import ast, sys
 sys.path.insert(0, str(ROOT / "tools"))
-from execute_nbs import skipped, test_flags, machine_free   # noqa: E402  (the runner's own rules)
+from execute_nbs import skipped, skip_flags, machine_free   # noqa: E402  (the runner's own rules)
 
-FLAGS = test_flags()
+FLAGS = skip_flags()
 SHOWING_CALLS = {"print", "display", "show_doc", "Markdown", "HTML"}
 
 def must_display(code:str) -> bool:

@@ -16,7 +16,7 @@ cleaned with nbdev's own `clean_nb` and written with its `write_nb`, so that `nb
 A notebook whose cell raises is left as it was and named at the end (exit status 1).
 """
 import argparse, json, os, re, subprocess, sys, tempfile, time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ _set_formats("png", metadata={"Software": None})
 del _tqdm_std, _tqdm_quiet, _set_formats
 """
 
-def test_flags() -> set:
+def skip_flags() -> set:
     "The flags of settings.ini's `tst_flags`, whose cells nbdev_test skips."
     from nbdev.config import get_config
     return set(get_config(path=ROOT).get("tst_flags", "").split())
@@ -99,7 +99,7 @@ def execute_one(src:Path, dest:Path) -> None:
     from fastcore.xtras import working_directory
     from nbdev.clean import _nbdev_clean
     nb = json.loads(src.read_text(encoding="utf-8"))
-    flags = test_flags()
+    flags = skip_flags()
     shell = CaptureShell(src.resolve(), mpl_format="png")
     shell.run(SETUP)
     if shell.exc: raise shell.exc
@@ -129,6 +129,11 @@ def run_child(nb:Path, dest:Path, timeout:int) -> tuple:
     except subprocess.TimeoutExpired: ok, err = False, f"timed out after {timeout} s"
     return ok, time.time() - t, err
 
+def changed_cells(old:bytes, new:bytes) -> list:
+    "Indices of the cells whose stored form differs between two versions of a notebook."
+    a, b = json.loads(old)["cells"], json.loads(new)["cells"]
+    return [i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i]]
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", help="notebooks to execute (default: every nbs/*.ipynb)")
@@ -141,19 +146,19 @@ def main():
     if args.one: return execute_one(Path(args.one), Path(args.dest))
     nbs = [Path(p).resolve() for p in args.notebooks] or sorted(NBS.glob("*.ipynb"))
     start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        dests = {nb: Path(tmp) / nb.name for nb in nbs}
-        with ThreadPoolExecutor(args.n_workers) as pool:
-            results = dict(zip(nbs, pool.map(lambda nb: run_child(nb, dests[nb], args.timeout), nbs)))
-        failed, differ = [], []
-        for nb, (ok, secs, err) in results.items():
+    failed, differ = [], []
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.n_workers) as pool:
+        jobs = {pool.submit(run_child, nb, Path(tmp) / nb.name, args.timeout): nb for nb in nbs}
+        for job in as_completed(jobs):
+            nb, (ok, secs, err) = jobs[job], job.result()
             if not ok:
-                failed.append(nb.name); print(f"FAILED {nb.name} ({secs:.0f} s)\n{err[-3000:]}", file=sys.stderr); continue
-            new = dests[nb].read_bytes()
+                failed.append(nb.name); print(f"FAILED {nb.name} ({secs:.0f} s)\n{err[-3000:]}", file=sys.stderr, flush=True); continue
+            new = (Path(tmp) / nb.name).read_bytes()
             same = new == nb.read_bytes()
             if not same: differ.append(nb.name)
             if not args.check and not same: nb.write_bytes(new)
-            print(f"{nb.name:28s} {secs:6.1f} s {len(new) / 1e3:8.1f} kB {'unchanged' if same else 'differs' if args.check else 'written'}")
+            note = "unchanged" if same else f"differs in cells {changed_cells(nb.read_bytes(), new)}" if args.check else "written"
+            print(f"{nb.name:28s} {secs:6.1f} s {len(new) / 1e3:8.1f} kB {note}", flush=True)
     total = sum(p.stat().st_size for p in NBS.glob("*.ipynb"))
     print(f"{len(nbs)} notebooks in {time.time() - start:.0f} s; nbs/*.ipynb {total / 1e6:.2f} MB in all")
     if failed: sys.exit(f"cells raised in: {', '.join(failed)} (those notebooks were left as they were)")
