@@ -81,8 +81,11 @@ def test_outputs_stored(nb_path):
         if not outs and (must_display(code) or sec == "On the embedded default"): missing.append(where)
     assert not missing, ("cells that show something have no stored outputs; run `make nbs` (tools/execute_nbs.py) "
                          "and commit the notebooks:\n" + "\n".join(missing))
+    assert any(c.get("outputs") for c in cs if c["cell_type"] == "code"), f"{nb_path.name}: no stored outputs at all (make nbs)"
     text = nb_path.read_text(encoding="utf-8")
     assert machine_free(text) == text, f"{nb_path.name}: stored outputs hold this checkout's path {ROOT} (run make nbs)"
+    outs = json.dumps([c.get("outputs", []) for c in cs])
+    assert "site-packages/" not in outs, f"{nb_path.name}: stored outputs name an installation's files (a warning from another machine?): run make nbs"
 
 def test_embedded_default_sections_have_outputs():
     "Every '## On the embedded default' section exists where the study's results are, and shows them."
