@@ -50,3 +50,26 @@ def test_failing_cell_leaves_notebook(tmp_path):
     p = run(nb_path)
     assert p.returncode == 1 and "ZeroDivisionError" in p.stderr and "bad.ipynb" in p.stderr
     assert nb_path.read_bytes() == before
+
+def test_compact_png_keeps_gradients_lossless():
+    "Line plots become palette PNGs whose solid colours are exact; a colour bar's gradient is left lossless."
+    import base64, io
+    import matplotlib; matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+    sys.path.insert(0, str(ROOT / "tools"))
+    from execute_nbs import compact_png
+    def png(fig):
+        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
+        return base64.b64encode(buf.getvalue()).decode()
+    fig, ax = plt.subplots(figsize=(4, 3)); ax.plot(np.sin(np.linspace(0, 6, 50)), lw=2); ax.set_title("a line")
+    line = png(fig)
+    out = compact_png(line)
+    small, orig = (Image.open(io.BytesIO(base64.b64decode(x))) for x in (out, line))
+    assert small.mode == "P" and len(out) < 0.7 * len(line)
+    a, b = np.asarray(orig.convert("RGB"), dtype=int), np.asarray(small.convert("RGB"), dtype=int)
+    assert np.abs(a - b).max(-1).mean() < 1 and (a == b).all(-1).mean() > 0.95   # only edge pixels move
+    fig, ax = plt.subplots(figsize=(4, 3)); fig.colorbar(ax.imshow(np.linspace(0, 1, 400).reshape(20, 20)), ax=ax)
+    grad = png(fig)
+    assert compact_png(grad) == grad

@@ -33,7 +33,7 @@ def test_notebook(nb_path):
                 if line.strip() and not line.strip().startswith("#|"):
                     assert line in mod_text, f"{nb_path.name}: exported line not in {module.name} (run nbdev_export): {line!r}"
     assert "nbdev_export" in src(cs[-1]) and "#| hide" in directives(cs[-1]), f"{nb_path.name}: last cell must export"
-    assert nb_path.stat().st_size < 400_000, f"{nb_path.name}: stored outputs too large"
+    assert nb_path.stat().st_size < 600_000, f"{nb_path.name}: stored outputs too large (figures at modest DPI, no tensor dumps)"
 
 # Stored outputs (issue 16): notebooks are committed executed by `make nbs` (tools/execute_nbs.py). These checks
 # fail on a notebook that lost its outputs (saved from a fresh kernel, cleared with nbdev_clean --clear_all, ...).

@@ -4,10 +4,11 @@ Each notebook runs in a fresh interpreter of this environment, from nbs/, in exe
 `nbdev_test` runs them in). Cells carrying a flag of settings.ini's `tst_flags` (notest slow cuda net) and the
 `nbdev_export()` cell are skipped, as `nbdev_test` skips them; their stored outputs are cleared. A second run
 gives byte-identical files: progress bars are switched off, figures are PNG at the package's figure DPI
-without the Software metadata (as a 256-colour palette PNG, a third of the bytes, where that stays faithful to
-the pixels), a figure that is a cell's value is stored once (the inline backend would also flush it), the
-repository's own path is written relative (`/.../repo/results/x` becomes `results/x`), and the notebook is
-cleaned with nbdev's own `clean_nb` and written with its `write_nb`, so that `nbdev_clean` leaves it unchanged.
+without the Software metadata (line plots as 256-colour palette PNGs, a third of the bytes, where every colour
+but antialiased edges is kept; heatmaps and colour bars lossless), a figure that is a cell's value is stored
+once (the inline backend would also flush it), the repository's own path is written relative
+(`/.../repo/results/x` becomes `results/x`), and the notebook is cleaned with nbdev's own `clean_nb` and written
+with its `write_nb`, so that `nbdev_clean` leaves it unchanged.
 
     python tools/execute_nbs.py                          # every notebook, two at a time
     python tools/execute_nbs.py nbs/04_distances.ipynb   # some notebooks
@@ -61,20 +62,25 @@ def machine_free(text:str) -> str:
 def _clean_text(x):
     return [machine_free(s) for s in x] if isinstance(x, list) else machine_free(x) if isinstance(x, str) else x
 
-def compact_png(b64:str, tol:int=16) -> str:
-    "An opaque PNG (base64) as a 256-colour palette PNG when smaller and faithful (99.9% of pixels within `tol`/255)."
+def compact_png(b64:str, min_pixels:int=50, tol:int=2) -> str:
+    """An opaque PNG (base64) as a 256-colour palette PNG when that is smaller and keeps every colour that covers at
+    least `min_pixels` pixels (areas, lines, colour-bar steps) within `tol`/255: only antialiased edges may change.
+    Line plots pass (a third of the bytes); heatmaps and colour bars, whose gradients would band, stay lossless."""
     import base64, io
     import numpy as np
     from PIL import Image
     raw = base64.b64decode(b64)
     im = Image.open(io.BytesIO(raw))
-    if im.mode == "RGBA" and im.getextrema()[3] != (255, 255): return b64      # transparency: keep as it is
+    if im.mode not in ("RGB", "RGBA") or (im.mode == "RGBA" and im.getextrema()[3] != (255, 255)): return b64
     rgb = im.convert("RGB")
     pal = rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    err = np.abs(np.asarray(pal.convert("RGB"), dtype=np.int16) - np.asarray(rgb, dtype=np.int16)).max(-1)
     buf = io.BytesIO(); pal.save(buf, "PNG", optimize=True)
-    if buf.tell() >= len(raw) or np.percentile(err, 99.9) > tol: return b64   # smooth gradients, many colours: lossless
-    return base64.b64encode(buf.getvalue()).decode()
+    if buf.tell() >= len(raw): return b64
+    px = np.asarray(rgb, dtype=np.int16).reshape(-1, 3)
+    _, inverse, counts = np.unique(px, axis=0, return_inverse=True, return_counts=True)
+    err = np.abs(np.asarray(pal.convert("RGB"), dtype=np.int16).reshape(-1, 3) - px).max(-1)
+    common = counts[inverse.ravel()] >= min_pixels
+    return base64.b64encode(buf.getvalue()).decode() if err[common].max(initial=0) <= tol else b64
 
 def stored(out:dict) -> dict:
     "One output as it is stored: text made machine-free, PNGs compacted."
