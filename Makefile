@@ -7,9 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= smollm2-cpu
 
-.PHONY: install test reproduce scaling lab bench readme clean-nbs check
+.PHONY: install test reproduce scaling lab bench readme clean-nbs check nbs docs
 
-install: $(STAMP)
+NB_WORKERS ?= 2
+# Debian's Chromium and its WebDriver, for the test that opens the docs site in a real headless browser
+# (tests/test_docs.py); installed here when missing and apt-get is at hand as root, otherwise the test says how.
+BROWSER := /usr/bin/chromedriver
+
+install: $(STAMP) $(BROWSER)
 
 # Without a CUDA GPU, the pinned CPU build of torch goes in first so that `torch>=2.4` in setup.py is
 # already satisfied and pip never pulls the multi-GB CUDA build. The embedded model and corpus packages
@@ -23,7 +28,13 @@ $(STAMP): setup.py settings.ini
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "groupsae (.venv)" >/dev/null
 	touch $@
 
-test: $(STAMP)
+$(BROWSER):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "warning: apt-get could not install chromium chromium-driver (tests/test_docs.py needs them)"; \
+	else echo "note: tests/test_docs.py needs Chromium: sudo apt-get install -y chromium chromium-driver"; fi
+
+test: $(STAMP) $(BROWSER)
 	cd nbs && ../$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/pytest tests
 
@@ -40,6 +51,15 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_extract.py --rounds 9 --batches 3
 	$(BIN)/python bench/bench_sae.py
+
+# Re-execute every notebook in place (unflagged cells, as nbdev_test runs them) and store the outputs; a
+# second run changes nothing. Commit the notebooks afterwards.
+nbs: $(STAMP)
+	$(BIN)/python tools/execute_nbs.py --n_workers $(NB_WORKERS)
+
+# The HTML site in _docs/ from the executed notebooks (run `make nbs` first for current outputs).
+docs: $(STAMP)
+	$(BIN)/python tools/make_docs.py
 
 readme: $(STAMP)
 	$(BIN)/python tools/make_readme.py
