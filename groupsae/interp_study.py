@@ -15,14 +15,10 @@ from .study import group_name
 from .evaluate import layer_scale
 from .interp import CALIBRATION_WORDS, LatentCollector, LatentSample, WindowGrid, calibrate
 from .interp import check_grid, interpret_latent, latent_examples
-from .patterns import pattern_index, firings, score_latents, calibrate_patterns
-from .probing import probe_tasks, probe_scores, task_positions, dense_codes, window_means, window_ids
 
 # %% auto #0
-__all__ = ['PATTERN_MIN_COUNT', 'PATTERN_MIN_TEST', 'PROBE_MIN', 'Unit', 'default_layers', 'study_units', 'collect_units',
-           'usable_windows', 'study_unit', 'summarize_records', 'firing_stats', 'plot_interp', 'MeasureSample',
-           'split_by_play', 'measure_sample', 'unit_seed', 'measure_units', 'collect_codes', 'measure_unit',
-           'summarize_measures', 'describe_pattern', 'unit_entry', 'run_measures', 'merge_summary', 'run_interp']
+__all__ = ['Unit', 'default_layers', 'study_units', 'collect_units', 'usable_windows', 'study_unit', 'summarize_records',
+           'firing_stats', 'plot_interp', 'merge_summary', 'run_interp']
 
 # %% ../nbs/09b_interp_study.ipynb #ebc10f36
 class Unit(NamedTuple):
@@ -198,203 +194,6 @@ def plot_interp(d:dict): # the content of interp.json
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09b_interp_study.ipynb #4541fc77
-PATTERN_MIN_COUNT, PATTERN_MIN_TEST, PROBE_MIN = 10, 3, 10   # training and held-out firings a scored latent needs; examples a task needs
-
-class MeasureSample(NamedTuple):
-    "The labelled token sample the LLM-free measures read: its play-disjoint split, windows and probing tasks."
-    ids:torch.Tensor # [n_ctx, ctx_len] token ids
-    keep:torch.Tensor # [n_ctx, ctx_len] positions that count (not BOS or other special tokens)
-    train:torch.Tensor # [n_ctx] bool: contexts from the training plays
-    wid:torch.Tensor # [n_ctx * ctx_len] window id of each position (-1 outside windows)
-    n_windows:int
-    tasks:list # `probing.ProbeTask`s
-    positions:torch.Tensor # [m] sorted flat positions the token tasks use
-    plays:dict # {'train': [...], 'test': [...]}
-
-def split_by_play(play:list, genre:torch.Tensor) -> torch.Tensor:
-    "Training contexts [n] bool: in each genre, every other play (in name order) trains, the others test."
-    names = {g: sorted({p for p, h in zip(play, genre.tolist()) if h == g}) for g in set(genre.tolist())}
-    return torch.tensor([names[h].index(p) % 2 == 0 for p, h in zip(play, genre.tolist())])
-
-def measure_sample(cfg:RunConfig, tokenizer, special:set) -> MeasureSample:
-    "Labelled windows of the plays the study's own windows do not reach, split by play, with their tasks (errors before compute)."
-    from groupsae.data import keep_mask, labelled_windows, plays_used, windows_needed
-    ic, d = cfg.interp, cfg.data
-    n_study = windows_needed(d.n_train_tokens, d.context_len) + windows_needed(d.n_eval_tokens, d.context_len)
-    skip = plays_used(tokenizer, n_study * (d.context_len - 1)) if d.source == "shakespeare" else 0
-    lw = labelled_windows(tokenizer, windows_needed(ic.measure_tokens, d.context_len), d.context_len, skip, cfg.seed)
-    keep = (lw.role >= 0) & (keep_mask(lw.ids, special) if special else True)
-    train = split_by_play(lw.play, lw.genre)
-    tasks = probe_tasks(lw.role, lw.genre, train, ic.window, ic.probe_examples, PROBE_MIN, cfg.seed)
-    wid = window_ids(*lw.ids.shape, ic.window)
-    plays = {s: sorted({p for p, t in zip(lw.play, train.tolist()) if t == (s == "train")}) for s in ("train", "test")}
-    return MeasureSample(lw.ids, keep, train, wid.flatten(), int(wid.max()) + 1, tasks, task_positions(tasks), plays)
-
-def unit_seed(unit:Unit) -> int:
-    "The training seed of a unit's SAE: `NAME@sN` is seed N, a plain name seed 0."
-    return int(unit.sae.rsplit("@s", 1)[1]) if "@s" in unit.sae else 0
-
-def measure_units(partitions:dict, families:dict, layers:list, sae_dir) -> list:
-    "The measures' units: those of `study_units`, the seed replicas `NAME@sN` found beside a layer unit's SAE, and an untrained SAE per layer."
-    units = study_units(partitions, families, layers)
-    for u in [u for u in units if u.mode == "layer"]:
-        n = 1
-        while (Path(sae_dir) / f"{u.sae}@s{n}").exists():
-            units.append(u._replace(sae=f"{u.sae}@s{n}")); n += 1
-    return units + [Unit("untrained", 0, f"untrained-L{l:02d}", "layer", (l,)) for l in layers]
-
-# %% ../nbs/09b_interp_study.ipynb #a7e921ed
-def collect_codes(model, saes:dict, # {sae name: TopKSAE}
-                  units:list, sample:MeasureSample, batch_size:int=8, scales:dict|None=None, seed:int=0,
-                  resid_layers:list=()) -> tuple:
-    "Every unit's codes at every position of the sample, and the residual stream of `resid_layers` at the token tasks' positions and averaged over each window, from one forward pass per batch."
-    from groupsae.activations import residual_streams
-    units = list({u.key: u for u in units}.values())
-    layers = sorted({l for u in units for l in u.layers} | set(resid_layers))
-    (n_ctx, S), dev = sample.ids.shape, next(model.parameters()).device
-    ctx_layer, codes = {}, {}
-    for u in units:
-        g = torch.Generator().manual_seed(seed + zlib.crc32(u.key.encode()))
-        ctx_layer[u.key] = torch.tensor(u.layers)[torch.randint(len(u.layers), (n_ctx,), generator=g)]
-        k = saes[u.sae].k
-        codes[u.key] = (torch.zeros(n_ctx * S, k), torch.zeros(n_ctx * S, k, dtype=torch.int32))
-    d = saes[units[0].sae].d_model
-    rows = {l: torch.zeros(len(sample.positions), d) for l in resid_layers}
-    wins = {l: torch.zeros(sample.n_windows, d) for l in resid_layers}
-    with torch.inference_mode():
-        for b in range(0, n_ctx, batch_size):
-            B = len(sample.ids[b:b + batch_size])
-            resid = residual_streams(model, sample.ids[b:b + B].to(dev), layers)          # [n_layers, B, S, d_model]
-            kb = sample.keep[b:b + B].flatten().to(dev)
-            flat = slice(b * S, (b + B) * S)
-            for u in units:
-                sae, cl = saes[u.sae], ctx_layer[u.key][b:b + B]
-                x = resid[torch.tensor([layers.index(int(l)) for l in cl]), torch.arange(B)]   # [B, S, d_model]
-                x = x * torch.tensor([layer_scale(sae, int(l), scales) for l in cl], device=x.device)[:, None, None]
-                out = sae.encode(x.reshape(B * S, -1).to(sae.W_dec.device))
-                codes[u.key][0][flat] = (out.top_acts * kb[:, None]).float().cpu()     # special positions never fire
-                codes[u.key][1][flat] = out.top_idx.int().cpu()
-            sel = (sample.positions >= b * S) & (sample.positions < (b + B) * S)
-            w = sample.wid[flat]
-            for l in resid_layers:
-                h = resid[layers.index(l)].reshape(B * S, -1).float().cpu()
-                rows[l][sel] = h[sample.positions[sel] - b * S]
-                wins[l].index_add_(0, w[w >= 0], h[w >= 0])
-    n_w = torch.bincount(sample.wid[sample.wid >= 0], minlength=sample.n_windows).clamp(min=1)[:, None]
-    return codes, rows, {l: v / n_w for l, v in wins.items()}
-
-def measure_unit(sample:MeasureSample, codes:tuple, d_sae:int, index:tuple, n_latents:int, ks:list, seed:int=0) -> dict:
-    "Pattern scores of up to `n_latents` latents and the probe scores of one unit, from its codes at every position."
-    acts, idx = codes
-    rows = [((sample.train[:, None] == t) & sample.keep).flatten().nonzero().flatten() for t in (True, False)]
-    fire = [firings(acts[r], idx[r], d_sae) for r in rows]
-    recs, skipped = score_latents(*index, *fire, n_latents, PATTERN_MIN_COUNT, PATTERN_MIN_TEST, seed)
-    pos = sample.positions
-    probes = probe_scores(sample.tasks, dense_codes(acts[pos], idx[pos], d_sae),
-                          window_means(acts, idx, sample.wid, sample.n_windows, d_sae), ks)
-    return {"latents": recs, "skipped": skipped, "probes": probes}
-
-# %% ../nbs/09b_interp_study.ipynb #6a6b9735
-def _sem(xs:list) -> float: return float(np.std(xs, ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
-def _mean(xs:list): return float(np.mean(xs)) if len(xs) else None
-
-def _cells(probes:dict, k) -> dict:
-    "{task: accuracy} of one unit's probes at `k`."
-    return {t: v[str(k)]["accuracy"] for t, v in probes.items()}
-
-def summarize_measures(results:dict, # {unit key: (Unit, `measure_unit` output)}
-                       residual:dict, # {layer: `probe_scores` of the residual stream}
-                       amad:dict, k:int=5) -> list:
-    "One row per (family, mode), seed 0: mean pattern F1 (SEM over latents), probe accuracy at `k` (SEM over task × layer cells), the paired difference to the baseline, and the spread over seeds where replicas exist."
-    units = [u for u, _ in results.values()]
-    base = {u.layers: results[u.key][1] for u in units if u.family == "baseline" and u.mode == "layer" and unit_seed(u) == 0}
-    rows = []
-    for fam, mode in dict.fromkeys((u.family, u.mode) for u in units):
-        mine = [u for u in units if (u.family, u.mode) == (fam, mode)]
-        fam_mean = lambda s, f: _mean([f(results[u.key][1]) for u in mine if unit_seed(u) == s])
-        us = [u for u in mine if unit_seed(u) == 0]
-        res = [results[u.key][1] for u in us]
-        f1 = [r["f1"] for m in res for r in m["latents"]]
-        cells = [a for m in res for a in _cells(m["probes"], k).values()]
-        row = {"family": fam, "mode": mode, "G": us[0].G, "amad": None if fam == "untrained" else float(amad.get(us[0].G, 0.0)),
-               "layers": sorted({l for u in us for l in u.layers}), "n_latents": len(f1),
-               "skipped": {w: sum(m["skipped"][w] for m in res) for w in ("train", "test")},
-               "pattern_f1": _mean(f1), "pattern_f1_sem": _sem(f1),
-               "pattern_precision": _mean([r["precision"] for m in res for r in m["latents"]]),
-               "pattern_recall": _mean([r["recall"] for m in res for r in m["latents"]]),
-               "probe_accuracy": _mean(cells), "probe_accuracy_sem": _sem(cells),
-               "probe_auc": _mean([v[str(k)]["auc"] for m in res for v in m["probes"].values()]),
-               "probe_accuracy_by_k": {str(j): _mean([a for m in res for a in _cells(m["probes"], j).values()])
-                                       for j in next(iter(res[0]["probes"].values()))},
-               "probe_accuracy_by_task": {t: _mean([_cells(m["probes"], k)[t] for m in res]) for t in res[0]["probes"]}}
-        if mode == "layer" and fam != "baseline" and all(u.layers in base for u in us):   # paired with the baseline, layer by layer
-            d_f1 = [_mean([r["f1"] for r in m["latents"]]) - _mean([r["f1"] for r in base[u.layers]["latents"]]) for u, m in zip(us, res)]
-            d_acc = [a - _cells(base[u.layers]["probes"], k)[t] for u, m in zip(us, res) for t, a in _cells(m["probes"], k).items()]
-            row |= {"pattern_f1_delta": _mean(d_f1), "pattern_f1_delta_sem": _sem(d_f1),
-                    "probe_accuracy_delta": _mean(d_acc), "probe_accuracy_delta_sem": _sem(d_acc)}
-        seeds = sorted({unit_seed(u) for u in mine})
-        if len(seeds) > 1:
-            per = [(fam_mean(s, lambda m: _mean([r["f1"] for r in m["latents"]])),
-                    fam_mean(s, lambda m: _mean(list(_cells(m["probes"], k).values())))) for s in seeds]
-            row |= {"seeds": seeds, "pattern_f1_seeds": [p for p, _ in per], "probe_accuracy_seeds": [a for _, a in per],
-                    "pattern_f1_seed_sd": float(np.std([p for p, _ in per], ddof=1)),
-                    "probe_accuracy_seed_sd": float(np.std([a for _, a in per], ddof=1))}
-        rows.append(row)
-    if residual:
-        cells = lambda j: [a for p in residual.values() for a in _cells(p, j).values()]
-        first = next(iter(residual.values()))
-        rows.append({"family": "residual", "mode": "layer", "G": None, "amad": None, "layers": sorted(residual),
-                     "probe_accuracy": _mean(cells("all")), "probe_accuracy_sem": _sem(cells("all")),
-                     "probe_accuracy_by_k": {j: _mean(cells(j)) for j in next(iter(first.values()))},
-                     "probe_accuracy_by_task": {t: _mean([_cells(p, "all")[t] for p in residual.values()]) for t in first}})
-    return rows
-
-def describe_pattern(tokenizer, tokens:list) -> str:
-    "A pattern's text: its tokens decoded, `*` for a wildcard, `|` between tokens."
-    return "|".join("*" if t is None else tokenizer.decode([t]).replace("\n", "\\n") for t in tokens)
-
-def unit_entry(unit:Unit, m:dict, tokenizer, n_examples:int=3) -> dict:
-    "What interp.json keeps of one unit's measures: means, skips, probes, and the explanations of its best latents."
-    best = sorted(m["latents"], key=lambda r: -r["f1"])[:n_examples]
-    return {"key": unit.key, "family": unit.family, "G": unit.G, "sae": unit.sae, "mode": unit.mode, "layers": list(unit.layers),
-            "seed": unit_seed(unit), "n_scored": len(m["latents"]), "skipped": m["skipped"],
-            "pattern_f1": _mean([r["f1"] for r in m["latents"]]), "probes": m["probes"],
-            "examples": [{"latent": r["latent"], "f1": r["f1"], "patterns": [describe_pattern(tokenizer, p) for p, _, _ in r["top"]]}
-                         for r in best]}
-
-def run_measures(cfg:RunConfig, inp, saes:dict, units:list, sample:MeasureSample, amad:dict, scales:dict|None=None,
-                 out_dir=None, log=print) -> dict:
-    "The LLM-free measures of every unit: token-pattern F1 and sparse probes, the residual-stream ceiling, the planted-latent calibration."
-    ic, t0 = cfg.interp, time.perf_counter()
-    layers = sorted({u.layers[0] for u in units if u.family == "untrained"})
-    codes, rows, wins = collect_codes(inp.model, saes, units, sample, cfg.data.batch_size, scales, cfg.seed, layers)
-    t_collect, t0 = time.perf_counter() - t0, time.perf_counter()
-    tr = sample.train
-    index = (pattern_index(sample.ids[tr], sample.keep[tr]), pattern_index(sample.ids[~tr], sample.keep[~tr]))
-    cal = calibrate_patterns(sample.ids, sample.keep, tr, cfg.seed)
-    results = {}
-    for u in {u.key: u for u in units}.values():
-        results[u.key] = (u, measure_unit(sample, codes.pop(u.key), saes[u.sae].d_sae, index, ic.n_pattern_latents,
-                                          ic.probe_ks, cfg.seed + zlib.crc32(u.key.encode())))
-    t_units, t0 = time.perf_counter() - t0, time.perf_counter()
-    residual = {l: probe_scores(sample.tasks, rows[l], wins[l], list(ic.probe_ks) + [None]) for l in layers}
-    t_resid = time.perf_counter() - t0
-    if out_dir is not None:   # every scored latent, for inspection (not a results file)
-        save_json({k: {"unit": u._asdict(), "latents": m["latents"]} for k, (u, m) in results.items()}, Path(out_dir) / "patterns.json")
-    summary = summarize_measures(results, residual, amad)
-    for r in summary:
-        if log and r["family"] != "residual":
-            log(f"[interp] {r['family']:>9} {r['mode']:>6} G={r['G']}: pattern F1 {r['pattern_f1']:.3f} ± {r['pattern_f1_sem']:.3f} "
-                f"({r['n_latents']} latents), probe accuracy (k=5) {r['probe_accuracy']:.3f} ± {r['probe_accuracy_sem']:.3f}")
-        elif log: log(f"[interp]  residual stream, all dimensions: probe accuracy {r['probe_accuracy']:.3f}")
-    return {"layers": layers, "n_contexts": len(sample.ids), "n_tokens": int(sample.keep.sum()), "plays": sample.plays,
-            "tasks": [{"name": t.name, "level": t.level, "n_train": len(t.train), "n_test": len(t.test)} for t in sample.tasks],
-            "probe_ks": list(ic.probe_ks), "pattern_calibration": cal, "summary": summary,
-            "units": [unit_entry(u, m, inp.tokenizer) for u, m in results.values()],
-            "residual": [{"layer": l, "probes": p} for l, p in residual.items()],
-            "seconds": {"collect": t_collect, "units": t_units, "residual": t_resid}}
-
 # %% ../nbs/09b_interp_study.ipynb #0d279af5
 def _summary_keys(rows:list, cal:dict|None, measures:dict|None=None) -> dict:
     "The summary.json keys of the stage: the LLM's scores (None when it did not run) and the LLM-free measures'."
@@ -492,6 +291,7 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
     "The interp stage: the LLM-free measures of the baseline, Ĝ and G = 1 SAEs, and (with `interp.llm`) the LLM's explanations and scores; writes interp.json."
     from groupsae.activations import study_inputs, load_scales
     from groupsae.sae import TopKSAE
+    from groupsae.interp_measures import measure_units, measure_sample, run_measures
     t_start, log = time.perf_counter(), log or (lambda *a: None)
     ic, res = cfg.interp, results_dir(cfg.preset, root)
     set_seed(cfg.seed)
