@@ -4,13 +4,14 @@
 
 # %% ../nbs/09c_patterns.ipynb #d8b8e912
 from __future__ import annotations
+import math
 from typing import NamedTuple
 import torch
 
 # %% auto #0
 __all__ = ['MAX_ID', 'pattern_shapes', 'pattern_keys', 'pattern_tokens', 'PatternIndex', 'pattern_index', 'best_threshold',
            'TokenPatterns', 'explain_index', 'explain', 'prf', 'score', 'Firings', 'firings', 'score_latents',
-           'planted_latents', 'calibrate_patterns']
+           'binom_sf', 'planted_latents', 'calibrate_patterns']
 
 # %% ../nbs/09c_patterns.ipynb #96274ffa
 MAX_ID = 2**20   # token ids must be below this: three of them fit one int64 key
@@ -228,6 +229,15 @@ def score_latents(index_tr:PatternIndex, index_te:PatternIndex, # the two halves
     return recs, skipped
 
 # %% ../nbs/09c_patterns.ipynb #cac6e084
+def binom_sf(k:int, n:int, p:float) -> float:
+    "P(X >= k) for X ~ Binomial(n, p), summed in log space (n may be large)."
+    if k <= 0: return 1.0
+    if p <= 0: return 0.0
+    lp, lq = math.log(p), math.log1p(-p) if p < 1 else -math.inf
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k, n + 1)]
+    m = max(terms)
+    return float(min(1.0, math.exp(m) * sum(math.exp(t - m) for t in terms)))
+
 def planted_latents(ids:torch.Tensor, # [n_ctx, ctx_len] token ids
                     keep:torch.Tensor, # [n_ctx, ctx_len] counted positions
                     train:torch.Tensor, # [n_ctx] bool: the contexts patterns are learnt on
@@ -267,7 +277,8 @@ def calibrate_patterns(ids:torch.Tensor, keep:torch.Tensor, train:torch.Tensor, 
             out[name]["two_token_pattern"] = bool(torch.isin(torch.tensor([a * MAX_ID + b]), e.keys[e.shapes.index((-1, 0))]).item())
     r = out["random"]
     r["f1_all"] = 2 * r["density"] / (1 + r["density"])   # the F1 of predicting every position
+    r["p_value"] = binom_sf(round(r["precision"] * r["n_pred"]), r["n_pred"], r["density"])   # hits beyond chance?
     out["passed"] = {"one_token": out["one_token"]["f1"] >= 0.95,
                      "after_token": out["after_token"]["f1"] >= 0.9 and out["after_token"]["two_token_pattern"],
-                     "random": r["f1"] <= r["f1_all"] + 0.01}
+                     "random": r["p_value"] >= 0.01}
     return out
