@@ -158,26 +158,39 @@ class EvalConfig:
 
 @dataclass
 class InterpConfig:
-    "Automatic interpretability (explainer and scorers)."
-    n_latents:int=8 # latents sampled per (SAE, layer)
-    window:int=32 # tokens per example
+    "Interpretability: an LLM explainer and scorers (optional), and the LLM-free measures (token patterns, sparse probes)."
+    llm:bool=True # explain and score latents with the LLM (detection, fuzzing); off where no capable endpoint is configured
+    n_latents:int=8 # latents sampled per (SAE, layer) for the LLM
+    window:int=32 # tokens per example (the LLM's texts, the genre probes' windows)
     n_explain:int=10 # activating (and as many non-activating) examples shown to the explainer
     n_score:int=10 # held-out examples per scorer
-    n_tokens:int=50_000 # tokens scanned for examples
-    n_layers:int=3 # layers studied, evenly spaced over the grouped layers (ignored when `layers` is given)
-    layers:list|None=None # layers studied; None = `n_layers` evenly spaced ones
+    n_tokens:int=50_000 # tokens scanned for the LLM's examples
+    n_layers:int=3 # layers the LLM studies, evenly spaced over the grouped layers (ignored when `layers` is given)
+    layers:list|None=None # layers the LLM studies; None = `n_layers` evenly spaced ones
     client:str="transformers" # 'transformers' (in-process) or 'openai' (any OpenAI-compatible endpoint)
     model:str="smollm2" # explainer/scorer model
     base_url:str|None=None # for client='openai'
     api_key_env:str="OPENAI_API_KEY" # environment variable holding the key
+    measure_tokens:int=32_768 # tokens of the embedded corpus (labelled, genre-balanced) the LLM-free measures read
+    n_measure_layers:int=8 # layers the LLM-free measures study, evenly spaced (ignored when `measure_layers` is given)
+    measure_layers:list|None=None # layers the LLM-free measures study; None = `n_measure_layers` evenly spaced ones
+    n_pattern_latents:int=100 # latents per (SAE, layer) explained by token patterns
+    probe_ks:list=field(default_factory=lambda: [1, 2, 5, 20]) # k of the sparse probes (the summary reports k = 5)
+    probe_examples:int=256 # examples per class and split of each probing task, at most
     def __post_init__(self):
         _check(self.client in ("transformers", "openai"), "interp.client", f"unknown {self.client!r}", "use 'transformers' or 'openai'")
         _check(self.client != "openai" or bool(self.base_url), "interp.base_url", "is required for client='openai'",
                "give the endpoint's base URL, e.g. http://localhost:8000/v1")
-        for f in ("n_latents", "window", "n_explain", "n_score", "n_tokens", "n_layers"):
+        for f in ("n_latents", "window", "n_explain", "n_score", "n_tokens", "n_layers", "measure_tokens", "n_measure_layers",
+                  "n_pattern_latents", "probe_examples"):
             _check(getattr(self, f) > 0, f"interp.{f}", "must be positive", "use a positive integer")
-        _check(self.layers is None or (len(self.layers) > 0 and all(isinstance(l, int) and l >= 0 for l in self.layers)),
-               "interp.layers", f"{self.layers} is not a non-empty list of layer indices >= 0", "give layer indices or None")
+        for f in ("layers", "measure_layers"):
+            v = getattr(self, f)
+            _check(v is None or (len(v) > 0 and all(isinstance(l, int) and l >= 0 for l in v)),
+                   f"interp.{f}", f"{v} is not a non-empty list of layer indices >= 0", "give layer indices or None")
+        _check(len(self.probe_ks) > 0 and all(isinstance(k, int) and k > 0 for k in self.probe_ks) and 5 in self.probe_ks,
+               "interp.probe_ks", f"{self.probe_ks} is not a list of positive integers holding 5 (the summary's k)",
+               "use e.g. [1, 2, 5, 20]")
 
 @dataclass
 class SimilarityConfig:
@@ -304,7 +317,8 @@ def _smollm2_cpu() -> RunConfig:
         # bf16 products on the CPU's matrix units, fp32 weights and Adam
         train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
         eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat"),  # ΔCE: one resumed forward per pair
-        interp=InterpConfig(n_latents=4, n_tokens=32_768),
+        # SmolLM2 as its own judge is at chance on latents of known meaning (09b): the LLM path is off, the LLM-free measures run
+        interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))
 
 def _tiny() -> RunConfig:

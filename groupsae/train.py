@@ -96,7 +96,7 @@ class Trainer:
             self.rows[s.name] = torch.tensor([pos[l] for l in s.layers], device=self.device)
             self.dead[s.name] = DeadLatentTracker(s.d_sae, sae_cfg.dead_tokens, self.device)
         n = len(self.specs)
-        self.step_idx, self.loss_steps, self.last = 0, 0, {}
+        self.step_idx, self.loss_steps, self.last, self.history = 0, 0, {}, []   # history: [step, [fvu per SAE]] at each log
         self.tokens, self.flops = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
         self.clock, self.fwd_clock = _Clock(n, self.device), _Clock(1, self.device)   # per-SAE steps; the model forward
         self.loss_sum = torch.zeros(n, 3, device=self.device)                          # fvu, auxk, loss since the last log
@@ -179,16 +179,18 @@ def log(self:Trainer) -> dict:
         L = (self.loss_sum / self.loss_steps).tolist()
         self.loss_sum.zero_(); self.loss_steps = 0
         self.last = {s.name: dict(zip(("fvu", "auxk", "loss"), v)) for s, v in zip(self.specs, L)}
+        self.history.append([self.step_idx, [v[0] for v in L]])   # the training curves train.json keeps
     return self.last
 
 @patch
 def accounting(self:Trainer) -> dict:
-    "Per SAE: layers, size, tokens seen, analytic FLOPs, measured wall time, last losses, fraction of dead latents."
+    "Per SAE: layers, size, tokens seen, analytic FLOPs, measured wall time, last losses, fraction of dead latents, FVU at each log step."
     wall, last, aux, out = self.clock.read(), self.log(), self.aux_tokens.tolist(), {}
     for i, s in enumerate(self.specs):
         out[s.name] = dict(layers=list(s.layers), d_sae=s.d_sae, k=s.k, tokens=self.tokens[s.name],
                            flops=self.flops[s.name] + auxk_flops(*aux[i], self.d_model), wall_s=wall[i],
-                           dead_frac=self.dead[s.name].mask.float().mean().item(), **last.get(s.name, {}))
+                           dead_frac=self.dead[s.name].mask.float().mean().item(), **last.get(s.name, {}),
+                           fvu_curve=[[step, fvus[i]] for step, fvus in self.history])
     return out
 
 # %% ../nbs/07_train.ipynb #af2129a3
@@ -199,7 +201,7 @@ def state_dict(self:Trainer) -> dict:
                 saes={n: s.state_dict() for n, s in self.saes.items()}, opts={n: o.state_dict() for n, o in self.opts.items()},
                 gens={n: g.get_state() for n, g in self.gens.items()}, dead={n: t.state_dict() for n, t in self.dead.items()},
                 tokens=dict(self.tokens), flops=dict(self.flops), wall=list(self.clock.read()),
-                loss_sum=self.loss_sum, aux_tokens=self.aux_tokens, loss_steps=self.loss_steps, bad_step=self.bad_step, bad_input=self.bad_input,
+                loss_sum=self.loss_sum, aux_tokens=self.aux_tokens, loss_steps=self.loss_steps, history=self.history, bad_step=self.bad_step, bad_input=self.bad_input,
                 torch_rng=torch.get_rng_state())
 
 @patch
@@ -211,6 +213,7 @@ def load_state_dict(self:Trainer, sd:dict):
         self.saes[n].load_state_dict(sd["saes"][n]); self.opts[n].load_state_dict(sd["opts"][n])
         self.gens[n].set_state(sd["gens"][n]); self.dead[n].load_state_dict(sd["dead"][n])
     self.step_idx, self.fwd_clock.total, self.loss_steps = sd["step"], [sd["model_s"]], sd["loss_steps"]
+    self.history = [[h[0], list(h[1])] for h in sd.get("history", [])]
     self.tokens, self.flops, self.clock.total = dict(sd["tokens"]), dict(sd["flops"]), list(sd["wall"])
     for a in ("loss_sum", "aux_tokens", "bad_step", "bad_input"): getattr(self, a).copy_(sd[a])
     torch.set_rng_state(sd["torch_rng"])

@@ -12,7 +12,7 @@ timings.json), valid JSON holding a subset of the final keys.
 
 What may differ between the runs, and why: `timings.json` holds every wall-clock measurement (it is the one
 results file that is not a function of the config and seed: see 00_config, "Results files"), and is compared
-for its keys only. Three stages still keep their seconds inside their own results (`STILL_INSIDE`); those
+for its keys only. Stages that kept their seconds inside their own results would be listed in `STILL_INSIDE` (none is now); such
 fields are left out of the comparison until their stages pass them to `save_json(..., timings=...)`, and the
 test fails once a listed field is gone, so that the list can only shrink.
 
@@ -26,7 +26,7 @@ from groupsae.config import split_keys
 
 SEED, MAX_KILLS, BUDGET_S, STARTUP_S = 15, 5, 900, 3.0
 GROWING = {"summary.json", "timings.json"}   # rewritten by several stages during one run
-STILL_INSIDE = {"interp.json": ("seconds", "seconds_explain", "seconds_score")}   # 09b_interp_study's run_interp
+STILL_INSIDE = {}   # every stage now passes its wall-clock fields to save_json(..., timings=...)
 
 def files(root:Path) -> dict:
     "{relative path: bytes} of results/tiny and figures/tiny, temporaries of atomic writes aside."

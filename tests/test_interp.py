@@ -1,11 +1,14 @@
 """What the 09 notebooks cannot show: the HTTP client against a real loopback server answering from the in-process
-SmolLM2 (retries, timeouts, cache reuse, concurrency limit), and the interp stage end to end on the tiny preset."""
+SmolLM2 (retries, timeouts, cache reuse, concurrency limit), and the interp stage end to end on the tiny preset
+(LLM path and LLM-free measures, the `interp.llm` switch, seed replicas, the figure's bytes)."""
 import json, subprocess, sys, threading
+import numpy as np
 from pathlib import Path
 import pytest
 import torch
 
 from groupsae.llm_client import ChatServer, LLMError, OpenAIClient, TransformersClient, parse_choice
+from groupsae.figures import draw
 
 YES_NO = ["Yes", "No"]
 QUESTIONS = [[{"role": "system", "content": "Answer Yes or No."},
@@ -118,12 +121,12 @@ class CountingClient:
     def choose_many(self, *a, **k): self.calls += 1; return self.inner.choose_many(*a, **k)
 
 
-def _tiny_study(root:Path):
-    from groupsae.config import get_preset, results_dir, runs_dir, save_json
+def _tiny_study(root:Path, **changes):
+    from groupsae.config import get_preset, override, results_dir, runs_dir, save_json
     from groupsae.sae import TopKSAE
     from groupsae.study import group_name
     (root / "settings.ini").touch()
-    cfg = get_preset("tiny")
+    cfg = override(get_preset("tiny"), **({"interp.measure_tokens": 4096, "interp.n_pattern_latents": 20} | changes))
     res = results_dir("tiny", root)
     parts = {3: [[0], [1], [2]], 2: [[0, 1], [2]], 1: [[0, 1, 2]]}
     save_json({"layers": [0, 1, 2], "partitions": {str(G): gs for G, gs in parts.items()},
@@ -161,6 +164,7 @@ def test_run_interp_tiny_end_to_end_and_resume(tmp_path):
     assert "scorer_calibration" in summary and isinstance(summary["scorer_better_than_chance"], bool)
     judgements = list((tmp_path / "runs" / "tiny" / "interp").glob("L*/*.json"))
     assert judgements and all("judgements" in json.loads(p.read_text()) for p in judgements)
+    draw("tiny", "interp.json", tmp_path)                                              # as the stage runner does
     assert (tmp_path / "figures" / "tiny" / "fig5_interp_vs_amad.png").exists()
     # resume: the same config and client ask nothing (latents and calibration are read back from runs/tiny/interp)
     again = CountingClient(client.inner)
@@ -169,3 +173,56 @@ def test_run_interp_tiny_end_to_end_and_resume(tmp_path):
            [(r["sae"], r["latent"], r["detection"]) for r in out["latents"]]
     n_studied = len({(r["sae"], r["mode"], tuple(r["layers"]), r["latent"]) for r in out["latents"]})
     assert again.calls == 0 and client.calls >= 3 * n_studied   # explain + detection + fuzzing per latent, then nothing
+    # the LLM-free measures beside the LLM's, in the file and the summary
+    m = saved["measures"]
+    fams = {(r["family"], r["mode"]) for r in m["summary"]}
+    assert fams >= {("baseline", "layer"), ("ghat", "layer"), ("ghat", "pooled"), ("g1", "layer"), ("g1", "pooled"),
+                    ("untrained", "layer"), ("residual", "layer")}
+    for k in ("baseline_pattern_f1", "ghat_pattern_f1", "g1_pattern_f1", "pattern_calibration_f1", "baseline_probe_accuracy",
+              "ghat_probe_accuracy", "g1_probe_accuracy", "residual_probe_accuracy", "untrained_probe_accuracy"):
+        assert 0 <= summary[k] <= 1, k
+    assert summary["pattern_calibration_f1"] >= 0.95 and summary["pattern_calibration_passed"] is True
+    per_unit = [u for u in m["units"] if u["family"] == "baseline"]
+    assert per_unit and all(u["n_scored"] + sum(u["skipped"].values()) > 0 for u in per_unit)
+    assert set(per_unit[0]["probes"]) == {t["name"] for t in m["tasks"]} and set(per_unit[0]["probes"]["speaker"]) == {"1", "2", "5", "20"}
+    assert out2["measures"]["summary"] == out["measures"]["summary"]                      # deterministic
+
+
+def test_llm_switch_off_makes_no_call_and_nulls_the_llm_keys(tmp_path):
+    from groupsae.interp_study import run_interp
+    torch.set_num_threads(1)
+    cfg, res = _tiny_study(tmp_path, **{"interp.llm": False})
+    class Refuse:
+        def __getattr__(self, name): raise AssertionError("the LLM was asked with interp.llm off")
+    out = run_interp(cfg, tmp_path, client=Refuse(), log=None)
+    assert out["llm"] is False and "latents" not in out and "calibration" not in out
+    summary = json.loads((res / "summary.json").read_text())
+    assert all(summary[k] is None for k in ("baseline_detection", "ghat_fuzzing", "scorer_calibration"))
+    assert summary["llm_scored"] is False and 0 <= summary["ghat_pattern_f1"] <= 1
+    assert not (tmp_path / "runs" / "tiny" / "interp" / "llm_cache").exists()
+
+
+def test_seed_replicas_give_a_spread_and_the_figure_is_byte_stable(tmp_path):
+    from groupsae.figures import draw
+    from groupsae.interp_study import run_interp
+    from groupsae.sae import TopKSAE
+    torch.set_num_threads(1)
+    cfg, res = _tiny_study(tmp_path, **{"interp.llm": False})
+    saes = tmp_path / "runs" / "tiny" / "saes"
+    for name in ("L00", "L01", "L02", "L00-01"):
+        for s in (1, 2):   # replicas as the train stage names them: other weights, same layers and scales
+            old = TopKSAE.load(saes / name)
+            TopKSAE(64, 256, 8, layers=old.layers, scales=old.scales, seed=100 * s).save(saes / f"{name}@s{s}")
+    out = run_interp(cfg, tmp_path, log=None)
+    rows = {(r["family"], r["mode"]): r for r in out["measures"]["summary"]}
+    for fam in ("baseline", "ghat"):
+        r = rows[(fam, "layer")]
+        assert r["seeds"] == [0, 1, 2] and len(r["pattern_f1_seeds"]) == 3 and r["pattern_f1_seed_sd"] >= 0
+        assert np.isclose(r["pattern_f1_seed_sd"], np.std(r["pattern_f1_seeds"], ddof=1), atol=1e-3)
+    assert "seeds" not in rows[("g1", "layer")]                       # no replica of L00-02
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["baseline_pattern_f1_sd"] == rows[("baseline", "layer")]["pattern_f1_seed_sd"]
+    png = tmp_path / "figures" / "tiny" / "fig5_interp_vs_amad.png"
+    draw("tiny", "interp.json", tmp_path); first = png.read_bytes()      # the stage runner draws it after the stage
+    draw("tiny", "interp.json", tmp_path)
+    assert png.read_bytes() == first
