@@ -6,6 +6,7 @@ from groupsae.config import get_preset, load_json, results_dir, runs_dir, save_j
 from groupsae.sae import TopKSAE
 from groupsae.activations import run_activations, load_scales
 from groupsae import similarity as sm
+from groupsae.figures import draw
 
 def test_public_api_importable():
     for name in ("mmcs", "max_cos", "firing_matrix", "max_jaccard", "mmco", "feature_spread", "spread_summary",
@@ -85,6 +86,7 @@ def test_run_similarity_end_to_end(tiny_study):
     assert sim["Gs"] == [1, 2, 3] and sim["skipped_G"] == []
     assert sim["per_G"]["mmcs"]["2"] == sim["mmcs"] and sorted(sim["per_G"]["mmco"]["1"]) == ["0", "1", "2"]
     assert sim["per_G"]["mmcs"]["3"] == {} and sorted(sim["spread_all"]) == ["L00-02", "L01-02"]
+    draw("tiny", "similarity.json", root)                          # the stage runner draws from the saved file
     figs = figures_dir("tiny", root)
     for name in ("fig8_mmcs", "fig8_mmco", "fig8_spread"):
         png = (figs / f"{name}.png").read_bytes()
@@ -116,4 +118,5 @@ def test_run_similarity_all_singletons(tmp_path):
     save_json(dict(GROUPS, G_hat=3), results_dir("tiny", tmp_path) / "groups.json")
     out = sm.run_similarity(cfg, tmp_path, log=None)
     assert out["mmcs"] == {} and out["spread"] == {} and out["layers"] == []
+    draw("tiny", "similarity.json", tmp_path)
     assert (figures_dir("tiny", tmp_path) / "fig8_spread.png").exists()
