@@ -326,7 +326,7 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
     out["measures"] = run_measures(cfg, inp, saes, m_units, sample, amad, scales, out_dir, log)
     out["seconds"] = {"total": time.perf_counter() - t_start}
     out = round_sig(out)   # what the file holds: floats to 4 significant figures
-    save_json(out, res / "interp.json", timings=("seconds", "seconds_explain", "seconds_score"))   # wall clock: timings.json
+    save_json(out, res / "interp.json", timings=("seconds", "seconds_explain", "seconds_score", "seconds_llm"))   # wall clock: timings.json
     merge_summary(res / "summary.json", _summary_keys(out.get("summary", []), out.get("calibration"), out["measures"]))
     log(f"[interp] done in {out['seconds']['total']:.0f} s (measures: {sum(out['measures']['seconds'].values()):.0f} s)")
     return out

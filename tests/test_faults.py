@@ -36,14 +36,8 @@ def files(root:Path) -> dict:
             if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")): out[str(p.relative_to(root))] = p.read_bytes()
     return out
 
-# Known defect (found when the interp stage's LLM-free measures were merged): interp.json written by an interp stage
-# that resumed after a kill is not byte-identical to an uninterrupted run's. Until it is fixed, interp.json is
-# compared by its top-level keys only; every other results file and every figure must still match to the byte.
-KNOWN_DIFFERENT = {"interp.json"}
-
 def comparable(name:str, data:bytes):
     "What must match the reference: the bytes, or the parsed JSON without the fields listed in STILL_INSIDE."
-    if name in KNOWN_DIFFERENT: return sorted(json.loads(data))
     if name not in STILL_INSIDE: return data
     return split_keys(json.loads(data), set(STILL_INSIDE[name]))[0]
 
