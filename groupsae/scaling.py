@@ -94,7 +94,7 @@ def run_scaling(cfg:RunConfig, root=None, multiples=None, progress:bool=True) ->
                            f"gap FVU {gap['fvu']:+.4f}, gap ΔCE {gap['delta_ce']:+.2f} points")
     out = {"config_hash": cfg.hash(), "G_hat": groups["G_hat"], "multiples": multiples, "unique_train_tokens": unique,
            "n_saes": len(specs), "points": points, "train_s": train_s}
-    save_json(out, res / "scaling.json")
+    save_json(out, res / "scaling.json", timings=("train_s",))   # wall clock: timings.json
     return out
 
 # %% ../nbs/07c_scaling.ipynb #d6afacca
