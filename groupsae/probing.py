@@ -10,8 +10,8 @@ import torch
 from .data import GENRES
 
 # %% auto #0
-__all__ = ['TOKEN_TASKS', 'auc', 'logistic_fit', 'top_mean_diff', 'probe', 'sparse_probe', 'ProbeTask', 'window_ids',
-           'probe_tasks', 'task_positions', 'dense_codes', 'window_means', 'probe_scores']
+__all__ = ['TOKEN_TASKS', 'auc', 'logistic_fit', 'top_mean_diff', 'probe_many', 'probe', 'sparse_probe', 'ProbeTask',
+           'window_ids', 'probe_tasks', 'task_positions', 'dense_codes', 'window_means', 'probe_scores']
 
 # %% ../nbs/09d_probing.ipynb #24e7ed99
 def _np(x) -> np.ndarray:
@@ -25,25 +25,35 @@ def auc(score, y) -> float:
     n1, n0 = int(y.sum()), int((~y).sum())
     return float((rank[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
+def _newton_step(x:np.ndarray, K:np.ndarray|None, q:np.ndarray, g_w:np.ndarray, g_b:float, C:float) -> tuple:
+    "Solve the Newton system [[I + C·XᵀQX, C·Xᵀq], [C·qᵀX, C·Σq]] (s_w, s_b) = (g_w, g_b), Q = diag(q): through M = I + C·XᵀQX (d × d), or its Woodbury form on the kernel K = XXᵀ (n × n) when n < d."
+    u = C * (x.T @ q)
+    V = np.stack([g_w, u], 1)
+    if K is None: MV = np.linalg.solve(np.eye(x.shape[1]) + C * (x.T * q) @ x, V)
+    else:
+        s = np.sqrt(q)
+        MV = V - C * x.T @ (s[:, None] * np.linalg.solve(np.eye(len(x)) + C * s[:, None] * K * s[None, :], s[:, None] * (x @ V)))
+    s_b = (g_b - u @ MV[:, 0]) / (C * q.sum() - u @ MV[:, 1] + 1e-300)   # the intercept by elimination
+    return MV[:, 0] - MV[:, 1] * s_b, s_b
+
 def logistic_fit(x:np.ndarray, # [n, d] features
                  y:np.ndarray, # [n] bool labels
                  C:float=1.0, max_iter:int=100, tol:float=1e-10) -> tuple:
     "Weights [d] and intercept minimising ½‖w‖² + C·Σ log-loss (sklearn's L2 logistic regression, intercept unpenalised), by Newton's method."
-    x1 = np.hstack([_np(x), np.ones((len(x), 1))])
-    y = np.asarray(y, dtype=np.float64)
-    ridge = np.ones(x1.shape[1]); ridge[-1] = 0.0
-    f = lambda th: 0.5 * (ridge * th) @ th + C * (np.logaddexp(0, x1 @ th) - y * (x1 @ th)).sum()
-    th = np.zeros(x1.shape[1]); fx = f(th)
+    x, y = _np(x), np.asarray(y, dtype=np.float64)
+    K = x @ x.T if len(x) < x.shape[1] else None
+    f = lambda w, b: 0.5 * w @ w + C * (np.logaddexp(0, x @ w + b) - y * (x @ w + b)).sum()
+    w, b = np.zeros(x.shape[1]), 0.0
+    fx = f(w, b)
     for _ in range(max_iter):
-        p = 1 / (1 + np.exp(-(x1 @ th)))
-        grad = ridge * th + C * x1.T @ (p - y)
-        hess = np.diag(ridge + 1e-12) + C * (x1.T * (p * (1 - p))) @ x1
-        step = np.linalg.solve(hess, grad)
-        t = 1.0
-        while (fn := f(th - t * step)) > fx - 1e-4 * t * grad @ step and t > 1e-8: t /= 2   # backtracking
-        th, dec, fx = th - t * step, fx - fn, fn
+        p = 1 / (1 + np.exp(-(x @ w + b)))
+        g_w, g_b = w + C * x.T @ (p - y), C * float((p - y).sum())
+        s_w, s_b = _newton_step(x, K, p * (1 - p), g_w, g_b, C)
+        t, slope = 1.0, g_w @ s_w + g_b * s_b
+        while (fn := f(w - t * s_w, b - t * s_b)) > fx - 1e-4 * t * slope and t > 1e-8: t /= 2   # backtracking
+        w, b, dec, fx = w - t * s_w, b - t * s_b, fx - fn, fn
         if dec <= tol * max(1.0, abs(fx)): break
-    return th[:-1], float(th[-1])
+    return w, float(b)
 
 # %% ../nbs/09d_probing.ipynb #28d5922a
 def _check_probe(x_train, y_train, x_test, y_test, k):
@@ -61,19 +71,28 @@ def top_mean_diff(x:np.ndarray, y:np.ndarray, k:int) -> np.ndarray:
     diff = np.abs(x[y].mean(0) - x[~y].mean(0))
     return np.argsort(-diff, kind="stable")[:k]
 
+def probe_many(x_train, y_train, x_test, y_test, # x [n, d] numpy or torch, y [n] booleans
+               ks:list, # k values; None: all the features
+               C:float=1.0) -> dict:
+    "`probe` for several k at once (a list in the order of `ks`): one ranking of the features, one fit per k."
+    xtr, xte = _np(x_train), _np(x_test)
+    ytr, yte = np.asarray(_np(y_train), dtype=bool), np.asarray(_np(y_test), dtype=bool)
+    ks = [xtr.shape[1] if k is None else int(k) for k in ks]
+    for k in ks: _check_probe(xtr, ytr, xte, yte, k)
+    order, out = top_mean_diff(xtr, ytr, max(ks)), []
+    for k in ks:
+        f = order[:k]
+        w, b = logistic_fit(xtr[:, f], ytr, C)
+        s_tr, s_te = xtr[:, f] @ w + b, xte[:, f] @ w + b
+        out.append({"accuracy": float(((s_te > 0) == yte).mean()), "auc": auc(s_te, yte),
+                    "train_accuracy": float(((s_tr > 0) == ytr).mean()), "features": f.tolist()})
+    return out
+
 def probe(x_train, y_train, x_test, y_test, # x [n, d] numpy or torch, y [n] booleans
           k:int|None=None, # features kept; None: all of them
           C:float=1.0) -> dict:
     "A k-sparse probe: the k features with the largest class-mean difference on the training set, a logistic regression on them; test accuracy and AUC."
-    xtr, xte = _np(x_train), _np(x_test)
-    ytr, yte = np.asarray(_np(y_train), dtype=bool), np.asarray(_np(y_test), dtype=bool)
-    k = xtr.shape[1] if k is None else int(k)
-    _check_probe(xtr, ytr, xte, yte, k)
-    f = top_mean_diff(xtr, ytr, k)
-    w, b = logistic_fit(xtr[:, f], ytr, C)
-    s_tr, s_te = xtr[:, f] @ w + b, xte[:, f] @ w + b
-    return {"accuracy": float(((s_te > 0) == yte).mean()), "auc": auc(s_te, yte),
-            "train_accuracy": float(((s_tr > 0) == ytr).mean()), "features": f.tolist()}
+    return probe_many(x_train, y_train, x_test, y_test, [k], C)[0]
 
 def sparse_probe(x_train, y_train, x_test, y_test, k:int) -> float:
     "Test accuracy of the k-sparse probe (`probe`)."
@@ -153,11 +172,11 @@ def window_means(top_acts:torch.Tensor, top_idx:torch.Tensor, # [n_pos, k] codes
 def probe_scores(tasks:list, token_x:torch.Tensor, # [m, d] features at `task_positions(tasks)`
                  window_x:torch.Tensor, # [n_windows, d] features of each window
                  ks:list) -> dict: # k values; None: all features
-    "{task: {k: accuracy and AUC}} of every task's k-sparse probe on one set of features."
+    "{task: {k: accuracy and AUC}} of every task's k-sparse probes on one set of features."
     pos, out = task_positions(tasks), {}
     for t in tasks:
         x, tr, te = (token_x, torch.searchsorted(pos, t.train), torch.searchsorted(pos, t.test)) if t.level == "token" else \
                     (window_x, t.train, t.test)
-        out[t.name] = {("all" if k is None else str(k)): {m: v for m, v in probe(x[tr], t.y_train, x[te], t.y_test, k).items()
-                                                        if m in ("accuracy", "auc")} for k in ks}
+        res = probe_many(x[tr], t.y_train, x[te], t.y_test, ks)
+        out[t.name] = {("all" if k is None else str(k)): {m: r[m] for m in ("accuracy", "auc")} for k, r in zip(ks, res)}
     return out
