@@ -192,6 +192,7 @@ def run_measures(cfg:RunConfig, inp, saes:dict, units:list, sample:MeasureSample
     layers = sorted({u.layers[0] for u in units if u.family == "untrained"})
     codes, rows, wins = collect_codes(inp.model, saes, units, sample, cfg.data.batch_size, scales, cfg.seed, layers)
     t_collect, t0 = time.perf_counter() - t0, time.perf_counter()
+    if log: log(f"[interp] codes of {len(codes)} units from one pass over {sample.ids.numel():,} tokens: {t_collect:.0f} s")
     tr = sample.train
     index = (pattern_index(sample.ids[tr], sample.keep[tr]), pattern_index(sample.ids[~tr], sample.keep[~tr]))
     cal = calibrate_patterns(sample.ids, sample.keep, tr, cfg.seed)
@@ -200,6 +201,7 @@ def run_measures(cfg:RunConfig, inp, saes:dict, units:list, sample:MeasureSample
         results[u.key] = (u, measure_unit(sample, codes.pop(u.key), saes[u.sae].d_sae, index, ic.n_pattern_latents,
                                           ic.probe_ks, cfg.seed + zlib.crc32(u.key.encode())))
     t_units, t0 = time.perf_counter() - t0, time.perf_counter()
+    if log: log(f"[interp] patterns and probes of {len(results)} units: {t_units:.0f} s")
     residual = {l: probe_scores(sample.tasks, rows[l], wins[l], list(ic.probe_ks) + [None]) for l in layers}
     t_resid = time.perf_counter() - t0
     if out_dir is not None:   # every scored latent, for inspection (not a results file)
