@@ -186,7 +186,7 @@ def plot_interp(d:dict): # the content of interp.json
             ax.set(title="token-pattern F1 (held-out plays)" if m == "pattern_f1" else "sparse probe accuracy, k = 5",
                    ylabel="F1" if m == "pattern_f1" else "accuracy", ylim=(0, 1.05) if m == "pattern_f1" else (0.4, 1.02))
         ax.set_xlabel("AMAD(G)")
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(loc="best", fontsize=7)
     if llm and not calibrated:
         what = "its detection and fuzzing are left out" if ms else "these scores do not measure interpretability"
         fig.suptitle(f"LLM scorer not better than chance on latents of known meaning (accuracy {cal.get('accuracy_true', float('nan')):.2f}, "
