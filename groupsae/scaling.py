@@ -110,10 +110,12 @@ def plot_scaling(sc:dict # the content of scaling.json
         for arm, name, mk in (("baseline", "per-layer baseline", "o"), ("ghat", f"Ĝ = {sc['G_hat']}", "s")):
             ax.errorbar(x, [p[arm]["mean"][m] for p in pts], yerr=[p[arm]["std"][m] for p in pts], marker=mk, capsize=3, label=name)
         ax.set_xscale("log"); ax.set_xlabel("training tokens per SAE"); ax.set_ylabel(label + " (mean ± std over layers)")
-    for m, label in (("fvu", "FVU gap"), ("delta_ce", "ΔCE gap (points)")):
-        axs[2].plot(x, [p["gap"][m] for p in pts], marker="o", label=label)
-    axs[2].axhline(0, color="k", lw=0.8); axs[2].set_xscale("log"); axs[2].set_xlabel("training tokens per SAE")
-    axs[2].set_ylabel("Ĝ minus baseline"); axs[2].legend(); axs[0].legend()
+    ce_ax = axs[2].twinx()   # the two gaps differ 50-fold in size: one axis each, both from zero
+    for ax, m, label, colour in ((axs[2], "fvu", "FVU gap", "C0"), (ce_ax, "delta_ce", "ΔCE gap (points)", "C1")):
+        ax.plot(x, [p["gap"][m] for p in pts], marker="o", color=colour, label=label)
+        ax.set_ylabel(label, color=colour); ax.set_ylim(0, 1.15 * max(0, *(p["gap"][m] for p in pts)) or 1)
+    axs[2].set_xscale("log"); axs[2].set_xlabel("training tokens per SAE"); axs[2].set_title("Ĝ minus baseline")
+    axs[0].legend()
     fig.suptitle(f"Longer training: one run snapshotted at {', '.join(str(m) + '×' for m in sc['multiples'])} the preset's tokens")
     fig.tight_layout()
     return fig
