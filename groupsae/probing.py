@@ -73,8 +73,8 @@ def top_mean_diff(x:np.ndarray, y:np.ndarray, k:int) -> np.ndarray:
 
 def probe_many(x_train, y_train, x_test, y_test, # x [n, d] numpy or torch, y [n] booleans
                ks:list, # k values; None: all the features
-               C:float=1.0) -> dict:
-    "`probe` for several k at once (a list in the order of `ks`): one ranking of the features, one fit per k."
+               C:float=1.0) -> list:
+    "`probe` for several k at once (the `probe` dicts in the order of `ks`): one ranking of the features, one fit per k."
     xtr, xte = _np(x_train), _np(x_test)
     ytr, yte = np.asarray(_np(y_train), dtype=bool), np.asarray(_np(y_test), dtype=bool)
     ks = [xtr.shape[1] if k is None else int(k) for k in ks]
