@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cli.ipynb #0e8f2fcb
 from __future__ import annotations
-import argparse, contextlib, errno, hashlib, importlib, json, os, shlex, socket, sys, time
+import argparse, contextlib, ctypes, errno, gc, hashlib, importlib, json, os, shlex, socket, sys, time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +16,7 @@ except ImportError: fcntl = None   # Windows: no advisory locks; output_lock say
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_NAMES', 'EXIT_FAULT', 'EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EPILOG', 'Stage', 'stage_keys',
-           'load_record', 'available_stages', 'run_stages', 'explain', 'LockedError', 'output_lock',
+           'load_record', 'available_stages', 'release_memory', 'run_stages', 'explain', 'LockedError', 'output_lock',
            'sweep_temporaries', 'build_parser', 'config_from_args', 'describe_presets', 'main']
 
 # %% ../nbs/12_cli.ipynb #579df8ca
@@ -94,6 +94,12 @@ def _save_time(res:Path, name:str, seconds:float):
     p = res / TIMINGS
     save_timings({"stages": {**(load_json(p).get("stages", {}) if p.exists() else {}), name: seconds}}, res)
 
+def release_memory():
+    "Give the memory a finished stage freed back to the system: glibc keeps freed heap pages for reuse, so without this one process running every stage holds the train stage's peak while the next stage allocates its own."
+    gc.collect()                                    # SAEs and optimisers caught in reference cycles
+    try: ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError): pass          # not glibc (macOS, Windows, musl): nothing to trim
+
 def run_stages(cfg:RunConfig, names=STAGE_NAMES, root=None, force:bool=False, stages=STAGES, log=print) -> dict:
     "Run the named stages of `stages` in order, skipping those recorded as done with the same key."
     unknown = sorted(set(names) - {s.name for s in stages})
@@ -114,6 +120,7 @@ def run_stages(cfg:RunConfig, names=STAGE_NAMES, root=None, force:bool=False, st
         except BaseException as e:
             if getattr(e, "stage", None) is None: e.stage = s.name   # which stage failed, for the one-line message
             raise
+        release_memory()
         times[s.name] = round(time.perf_counter() - t0, 1)
         record[s.name] = keys[s.name]
         save_json(record, _record_path(cfg, root))
