@@ -4,13 +4,13 @@
 
 # %% ../nbs/12_cli.ipynb #0e8f2fcb
 from __future__ import annotations
-import argparse, contextlib, ctypes, errno, gc, hashlib, importlib, json, os, shlex, socket, sys, time
+import argparse, contextlib, errno, gc, hashlib, importlib, json, os, shlex, socket, sys, time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from .config import (RunConfig, ConfigError, MissingFileError, CorruptFileError, get_preset, override, PRESETS,
                              DEFAULT_PRESET, repo_root, runs_dir, results_dir, figures_dir, save_json, load_json,
-                             save_timings, TIMINGS)
+                             save_timings, TIMINGS, trim_heap)
 try: import fcntl
 except ImportError: fcntl = None   # Windows: no advisory locks; output_lock says so and goes on
 
@@ -97,8 +97,7 @@ def _save_time(res:Path, name:str, seconds:float):
 def release_memory():
     "Give the memory a finished stage freed back to the system: glibc keeps freed heap pages for reuse, so without this one process running every stage holds the train stage's peak while the next stage allocates its own."
     gc.collect()                                    # SAEs and optimisers caught in reference cycles
-    try: ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError): pass          # not glibc (macOS, Windows, musl): nothing to trim
+    trim_heap()
 
 def run_stages(cfg:RunConfig, names=STAGE_NAMES, root=None, force:bool=False, stages=STAGES, log=print) -> dict:
     "Run the named stages of `stages` in order, skipping those recorded as done with the same key."

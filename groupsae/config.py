@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #b296e198
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, random, re, tempfile
+import ctypes, dataclasses, hashlib, json, math, os, random, re, tempfile
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
@@ -15,7 +15,8 @@ __all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'TIMINGS', 'STYLE', 'Con
            'ActivationsConfig', 'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig',
            'InterpConfig', 'SimilarityConfig', 'ScalingConfig', 'RunConfig', 'override', 'get_preset', 'set_seed',
            'repo_root', 'results_dir', 'runs_dir', 'figures_dir', 'MissingFileError', 'CorruptFileError',
-           'atomic_write', 'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'use_style', 'savefig']
+           'atomic_write', 'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'trim_heap',
+           'use_style', 'savefig']
 
 # %% ../nbs/00_config.ipynb #4dff557f
 class ConfigError(ValueError):
@@ -452,6 +453,12 @@ def load_json(path):
     try: return json.loads(p.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(p, "the file is empty" if not p.stat().st_size else f"not valid JSON: {e}") from None
+
+# %% ../nbs/00_config.ipynb #f182b972
+def trim_heap():
+    "Give the heap pages freed since the last call back to the system (glibc's malloc_trim; elsewhere nothing to do)."
+    try: ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError): pass          # not glibc (macOS, Windows, musl)
 
 # %% ../nbs/00_config.ipynb #a22e6e4c
 STYLE = {"figure.dpi": 100, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,

@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES
+from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES, trim_heap
 from .models import BlockCall, block_inputs, block_output, blocks, run_block, unembed
 from .data import Split, assert_disjoint, keep_mask, windows_needed
 from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize, seed_spread,
@@ -231,7 +231,8 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
                 clean_sum += -clean_logp.gather(-1, targets[:, None]).sum().double()
                 n_ce += len(targets)
             sync(); t1 = time.perf_counter(); secs["clean"] += t1 - t0
-            for p in pairs:
+            for i, p in enumerate(pairs):
+                if i % 25 == 24: trim_heap()   # bounds the heap's fragmentation by the pairs' temporaries (see below)
                 sae, l, s = saes[p[0]], p[1], scale[p]
                 xs, x_hat, enc = reconstruct(sae, cp.resid[l][keep], s)
                 rec[p].update(xs, x_hat, enc.top_acts, enc.top_idx)
