@@ -11,14 +11,43 @@ import numpy as np
 import torch
 from .config import RunConfig, save_json
 from .evaluate import layer_scale
-from .interp_study import Unit, study_units
+from .study import group_name
 from .patterns import pattern_index, firings, score_latents, calibrate_patterns
 from .probing import probe_tasks, probe_scores, task_positions, dense_codes, window_means, window_ids
 
 # %% auto #0
-__all__ = ['PATTERN_MIN_COUNT', 'PATTERN_MIN_TEST', 'PROBE_MIN', 'MeasureSample', 'split_by_play', 'measure_sample', 'unit_seed',
-           'measure_units', 'collect_codes', 'measure_unit', 'summarize_measures', 'describe_pattern', 'unit_entry',
-           'run_measures']
+__all__ = ['PATTERN_MIN_COUNT', 'PATTERN_MIN_TEST', 'PROBE_MIN', 'Unit', 'default_layers', 'study_units', 'MeasureSample',
+           'split_by_play', 'measure_sample', 'unit_seed', 'measure_units', 'collect_codes', 'measure_unit',
+           'summarize_measures', 'describe_pattern', 'unit_entry', 'run_measures']
+
+# %% ../nbs/09e_interp_measures.ipynb #ebc10f36
+class Unit(NamedTuple):
+    "One study unit: an SAE and the layers its examples come from."
+    family:str # 'baseline', 'ghat' or 'g1'
+    G:int # number of groups of the family's partition
+    sae:str # SAE folder name
+    mode:str # 'layer' (one layer, the paper) or 'pooled' (all the group's layers)
+    layers:tuple # layers the examples come from
+    @property
+    def key(self) -> str: return f"{self.sae}/{self.mode}-{group_name(self.layers)}"
+
+def default_layers(grouped:list, n:int=3) -> list:
+    "`n` layers spread evenly over the grouped layers, leaving out the ends."
+    idx = np.linspace(0, len(grouped) - 1, n + 2)[1:-1].round().astype(int)
+    return sorted({grouped[i] for i in idx})
+
+def study_units(partitions:dict, # {G: list of groups}
+                families:dict, # {family: G}
+                layers:list) -> list:
+    "The units to study: each studied layer's SAE in every family, plus each group SAE once over its pooled layers."
+    out = []
+    for fam, G in families.items():
+        for l in layers:
+            g = next((g for g in partitions[G] if l in g), None)
+            if g is None: raise ValueError(f"layer {l} is in no group of G={G}. Fix: study layers among the grouped ones")
+            for u in (Unit(fam, G, group_name(g), "layer", (l,)), Unit(fam, G, group_name(g), "pooled", tuple(g))):
+                if (u.mode == "layer" or len(g) > 1) and u not in out: out.append(u)
+    return out
 
 # %% ../nbs/09e_interp_measures.ipynb #4541fc77
 PATTERN_MIN_COUNT, PATTERN_MIN_TEST, PROBE_MIN = 10, 3, 10   # training and held-out firings a scored latent needs; examples a task needs

@@ -15,39 +15,11 @@ from .study import group_name
 from .evaluate import layer_scale
 from .interp import CALIBRATION_WORDS, LatentCollector, LatentSample, WindowGrid, calibrate
 from .interp import check_grid, interpret_latent, latent_examples
+from .interp_measures import Unit, default_layers, study_units, measure_units, measure_sample, run_measures
 
 # %% auto #0
-__all__ = ['Unit', 'default_layers', 'study_units', 'collect_units', 'usable_windows', 'study_unit', 'summarize_records',
-           'firing_stats', 'plot_interp', 'merge_summary', 'run_interp']
-
-# %% ../nbs/09b_interp_study.ipynb #ebc10f36
-class Unit(NamedTuple):
-    "One study unit: an SAE and the layers its examples come from."
-    family:str # 'baseline', 'ghat' or 'g1'
-    G:int # number of groups of the family's partition
-    sae:str # SAE folder name
-    mode:str # 'layer' (one layer, the paper) or 'pooled' (all the group's layers)
-    layers:tuple # layers the examples come from
-    @property
-    def key(self) -> str: return f"{self.sae}/{self.mode}-{group_name(self.layers)}"
-
-def default_layers(grouped:list, n:int=3) -> list:
-    "`n` layers spread evenly over the grouped layers, leaving out the ends."
-    idx = np.linspace(0, len(grouped) - 1, n + 2)[1:-1].round().astype(int)
-    return sorted({grouped[i] for i in idx})
-
-def study_units(partitions:dict, # {G: list of groups}
-                families:dict, # {family: G}
-                layers:list) -> list:
-    "The units to study: each studied layer's SAE in every family, plus each group SAE once over its pooled layers."
-    out = []
-    for fam, G in families.items():
-        for l in layers:
-            g = next((g for g in partitions[G] if l in g), None)
-            if g is None: raise ValueError(f"layer {l} is in no group of G={G}. Fix: study layers among the grouped ones")
-            for u in (Unit(fam, G, group_name(g), "layer", (l,)), Unit(fam, G, group_name(g), "pooled", tuple(g))):
-                if (u.mode == "layer" or len(g) > 1) and u not in out: out.append(u)
-    return out
+__all__ = ['collect_units', 'usable_windows', 'study_unit', 'summarize_records', 'firing_stats', 'plot_interp', 'merge_summary',
+           'run_interp']
 
 # %% ../nbs/09b_interp_study.ipynb #56e0b8fc
 def collect_units(model, saes:dict, # {sae name: TopKSAE}
@@ -291,7 +263,6 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
     "The interp stage: the LLM-free measures of the baseline, Ĝ and G = 1 SAEs, and (with `interp.llm`) the LLM's explanations and scores; writes interp.json."
     from groupsae.activations import study_inputs, load_scales
     from groupsae.sae import TopKSAE
-    from groupsae.interp_measures import measure_units, measure_sample, run_measures
     t_start, log = time.perf_counter(), log or (lambda *a: None)
     ic, res = cfg.interp, results_dir(cfg.preset, root)
     set_seed(cfg.seed)
