@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cli.ipynb #0e8f2fcb
 from __future__ import annotations
-import argparse, contextlib, errno, gc, hashlib, importlib, json, os, shlex, socket, sys, time
+import argparse, contextlib, errno, gc, hashlib, importlib, json, os, platform, resource, shlex, socket, sys, time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ except ImportError: fcntl = None   # Windows: no advisory locks; output_lock say
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_NAMES', 'EXIT_FAULT', 'EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EPILOG', 'Stage', 'stage_keys',
            'load_record', 'available_stages', 'release_memory', 'run_stages', 'explain', 'LockedError', 'output_lock',
-           'sweep_temporaries', 'build_parser', 'config_from_args', 'describe_presets', 'main']
+           'sweep_temporaries', 'build_parser', 'config_from_args', 'describe_presets', 'peak_rss_gb', 'main']
 
 # %% ../nbs/12_cli.ipynb #579df8ca
 @dataclass(frozen=True)
@@ -274,6 +274,11 @@ def describe_presets() -> str:
     return "\n".join(rows)
 
 # %% ../nbs/12_cli.ipynb #515b48be
+def peak_rss_gb() -> float:
+    "Peak resident memory of this process so far, in GB (10^9 bytes)."
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1e9 if platform.system() == "Darwin" else kb * 1024 / 1e9   # macOS reports bytes, Linux kilobytes
+
 def _run(args, command:str) -> int:
     cfg = config_from_args(args)
     root = _default_root(args.out)
@@ -287,7 +292,11 @@ def _run(args, command:str) -> int:
             import torch; torch.set_num_threads(cfg.n_threads)
         t0 = time.perf_counter()
         times = run_stages(cfg, names, root=root, force=args.force)
-    print(f"\nfinished in {time.perf_counter() - t0:.0f} s " + " ".join(f"{k}={v:.0f}s" for k, v in times.items()))
+        wall = time.perf_counter() - t0
+        if args.command == "reproduce" and first and times:   # the study's own cost, written by the study (nothing run: kept)
+            save_timings({"reproduce": {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_rss_gb(), 2), "stages_run": list(times)}},
+                         results_dir(cfg.preset, root))
+    print(f"\nfinished in {wall:.0f} s " + " ".join(f"{k}={v:.0f}s" for k, v in times.items()))
     print(f"results: {results_dir(cfg.preset, root)}\nfigures: {figures_dir(cfg.preset, root)}\n"
           f"weights and caches: {runs_dir(cfg.preset, root)}")
     return 0

@@ -147,12 +147,21 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     "Held-out evaluation (PAPER.md step 4)."
-    n_tokens:int=20_000 # held-out tokens; at most data.n_eval_tokens
+    n_tokens:int=20_000 # held-out tokens for the reconstruction metrics (FVU, L0, dead); at most data.n_eval_tokens
     batch_size:int=8 # windows per forward during evaluation
-    ce_tokens:int|None=None # tokens for ΔCE and KL (each needs a model pass per pair); None = all of n_tokens
+    ce_tokens:int|None=None # tokens for every pair's ΔCE and KL (the per-G curve; a model pass per pair); None = all of n_tokens
     splice:str="all" # settings also spliced all at once: 'all' (every G), 'ghat' (baseline, Ĝ, controls) or 'none'
+    claim_tokens:int|None=None # tokens for the claim arms' ΔCE and KL (baseline, Ĝ, controls, G = 1, every seed), kept per window; None: none
+    claim_layers:int|list|None=8 # where that sample runs: this many evenly spaced grouped layers, a list of layers, or None for all
+    n_boot:int=2000 # bootstrap resamples of the evaluation windows for the claims' 95% intervals
+    bf16:bool=False # the transformer blocks under bf16 autocast while evaluating (the SAEs and the LM head stay fp32)
+    head_chunk:int=512 # positions per LM-head chunk (memory: head_chunk × vocabulary floats)
     def __post_init__(self):
         _check(self.n_tokens > 0 and self.batch_size > 0, "eval", "n_tokens and batch_size must be positive", "use positive integers")
+        _check(self.claim_tokens is None or self.claim_tokens > 0, "eval.claim_tokens", f"{self.claim_tokens} is not positive",
+               "use a positive number of tokens, or None for no large sample")
+        _check(self.n_boot >= 100 and self.head_chunk > 0, "eval", f"n_boot={self.n_boot} (needs >= 100) or head_chunk={self.head_chunk} (> 0)",
+               "use n_boot >= 100 and a positive head_chunk")
         _check(self.ce_tokens is None or 0 < self.ce_tokens <= self.n_tokens, "eval.ce_tokens",
                f"{self.ce_tokens} is not in 1..eval.n_tokens={self.n_tokens}", "use a smaller positive number, or None for all")
         _check(self.splice in SPLICE_MODES, "eval.splice", f"unknown {self.splice!r}", f"use one of {SPLICE_MODES}")
@@ -251,6 +260,9 @@ class RunConfig:
         _check(self.eval.n_tokens <= self.data.n_eval_tokens, "eval.n_tokens",
                f"{self.eval.n_tokens} exceeds the held-out split data.n_eval_tokens={self.data.n_eval_tokens}",
                "raise data.n_eval_tokens or lower eval.n_tokens")
+        _check((self.eval.claim_tokens or 0) <= self.data.n_eval_tokens, "eval.claim_tokens",
+               f"{self.eval.claim_tokens} exceeds the held-out split data.n_eval_tokens={self.data.n_eval_tokens}",
+               "raise data.n_eval_tokens or lower eval.claim_tokens")
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
@@ -317,8 +329,26 @@ def _smollm2_cpu() -> RunConfig:
         # 50 steps instead of the paper's ~7,600: 10x the paper's learning rate (same width rule) halves the FVU;
         # bf16 products on the CPU's matrix units, fp32 weights and Adam
         train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
-        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat"),  # ΔCE: one resumed forward per pair
+        # FVU of every pair on 8k tokens; the per-G curve's ΔCE on 1k tokens; the claim arms' ΔCE and KL on the whole
+        # held-out split at 8 fixed layers (08_evaluate: what fits the budget), the blocks under bf16 (bias measured there)
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=1_024, splice="ghat", claim_tokens=16_384, claim_layers=8, bf16=True),
         # SmolLM2 as its own judge is at chance on latents of known meaning (09b): the LLM path is off, the LLM-free measures run
+        interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
+        similarity=SimilarityConfig(n_tokens=4_096))
+
+def _gemma3_cpu() -> RunConfig:
+    # Gemma 3 270M base (issue 22), the embedded default's corpus and SAE recipe, sized for 2 CPU cores (under 60 minutes):
+    # 18 layers of width 640, but a 262,144-token output layer that costs about 2x the body, so every ΔCE is expensive
+    return RunConfig(
+        preset="gemma3-cpu", n_threads=2,
+        model=ModelConfig(name="gemma3"),
+        data=DataConfig(context_len=256, batch_size=8, n_train_tokens=100_000, n_eval_tokens=16_384),
+        activations=ActivationsConfig(n_scale_tokens=16_384, bf16=True),
+        distances=DistanceConfig(n_tokens=100_000, centre=True),
+        sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
+        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
+        # the per-G curve's ΔCE on 512 positions, the claim arms' on 4k positions at 4 layers: each costs LM-head passes
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16=True),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))
 
@@ -335,7 +365,7 @@ def _tiny() -> RunConfig:
         interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024, model="tiny-llama"),
         similarity=SimilarityConfig(n_tokens=512, max_latents=64))
 
-PRESETS = {"smollm2-cpu": _smollm2_cpu, "pythia-160m": lambda: _pythia("160m", 131_072),
+PRESETS = {"smollm2-cpu": _smollm2_cpu, "gemma3-cpu": _gemma3_cpu, "pythia-160m": lambda: _pythia("160m", 131_072),
            "pythia-410m": lambda: _pythia("410m", 65_536), "pythia-1b": lambda: _pythia("1b", 32_768), "tiny": _tiny}
 DEFAULT_PRESET = "smollm2-cpu"
 

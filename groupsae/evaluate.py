@@ -4,22 +4,24 @@
 
 # %% ../nbs/08_evaluate.ipynb #0cbd0f81
 from __future__ import annotations
-import math, time
+import json, math, time
 from pathlib import Path
 from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES, trim_heap
-from .models import BlockCall, block_inputs, block_output, blocks, run_block, unembed
+from .models import BlockCall, block_inputs, block_output, blocks, final_norm, run_block, unembed
 from .data import Split, assert_disjoint, keep_mask, windows_needed
 from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize, seed_spread,
                                   seed_summary)
+from .precision import claim_arms, claim_layers, claim_precision, precision_summary
 
 # %% auto #0
-__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanPass', 'clean_pass', 'block_kwargs', 'forward_from_layer',
-           'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'EvalOutput', 'evaluate', 'eval_windows',
-           'load_saes', 'run_evaluation']
+__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanHead', 'linear_head', 'clean_head', 'head_losses',
+           'CleanPass', 'body_autocast', 'clean_pass', 'block_kwargs', 'resume', 'forward_from_layer', 'reconstruct',
+           'splice', 'spliced_forward', 'layer_scale', 'WindowSums', 'EvalOutput', 'evaluate', 'eval_windows',
+           'load_saes', 'read_eval_windows', 'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #7a339933
 class ReconStats:
@@ -67,6 +69,53 @@ def delta_ce_pct(ce:float, clean_ce:float) -> float:
     "Relative increase of the cross-entropy, in percent."
     return 100 * (ce - clean_ce) / clean_ce
 
+# %% ../nbs/08_evaluate.ipynb #951d1ce3
+class CleanHead(NamedTuple):
+    "The clean next-token distribution at the scored positions, reduced to what the losses of a spliced pass need."
+    ce:torch.Tensor # [n] clean cross-entropy
+    kl_const:torch.Tensor # [n] Σ_v p_v log p_v − Σ_v p_v b_v (b: the LM head's bias, 0 without one)
+    p_w:torch.Tensor|None # [n, d_model] Σ_v p_v W_v, so that E_p[logit] = p_w · norm(h) + p·b; None for a non-linear head
+    logp:torch.Tensor|None # [n, vocab] clean log-probabilities, kept only for a non-linear head (a logit soft cap)
+
+def linear_head(model):
+    "The LM head as an nn.Linear when the logits are linear in the final norm's output (no soft cap), else None."
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return head if isinstance(head, torch.nn.Linear) and not cap else None
+
+def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+def clean_head(model, h:torch.Tensor, # [n, d_model] clean output of the last block at the scored positions
+               targets:torch.Tensor, # [n] next tokens
+               chunk:int=512) -> CleanHead:
+    "The clean losses' side of `head_losses`, one chunk of positions at a time (never the [n, vocab] logits at once)."
+    head, parts = linear_head(model), []
+    with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
+        for c in _chunks(len(h), chunk):
+            hn = final_norm(model)(h[c].float()) if head is not None else None
+            logp = (head(hn) if head is not None else unembed(model, h[c].float())).float().log_softmax(-1)
+            p = logp.exp()
+            ce = -logp.gather(-1, targets[c, None])[:, 0]
+            kl_const = (p * logp).sum(-1) - (p @ head.bias.float() if head is not None and head.bias is not None else 0)
+            parts.append((ce, kl_const, p @ head.weight.float() if head is not None else None, None if head is not None else logp))
+    cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])
+    return CleanHead(cat(0), cat(1), cat(2), cat(3))
+
+def head_losses(model, h:torch.Tensor, # [n, d_model] output of the last block of a spliced pass at the scored positions
+                targets:torch.Tensor, # [n]
+                clean:CleanHead, chunk:int=512):
+    "Per-position cross-entropy and KL(clean ‖ spliced), each [n], from logits made one chunk at a time: with a linear head KL = Σp log p − p·b + logsumexp(z) − p_w·norm(h)."
+    head, ce, kl = linear_head(model), [], []
+    with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
+        for c in _chunks(len(h), chunk):
+            hn = final_norm(model)(h[c].float()) if head is not None else None
+            z = (head(hn) if head is not None else unembed(model, h[c].float())).float()
+            lse = z.logsumexp(-1)
+            ce.append(lse - z.gather(-1, targets[c, None])[:, 0])
+            if head is not None: kl.append(clean.kl_const[c] + lse - (hn * clean.p_w[c]).sum(-1))
+            else: kl.append((clean.logp[c].exp() * (clean.logp[c] - z + lse[:, None])).sum(-1))
+    return torch.cat(ce), torch.cat(kl)
+
 # %% ../nbs/08_evaluate.ipynb #c644ad34
 class _Stop(Exception): "Ends a forward pass after the last block."
 
@@ -75,7 +124,11 @@ class CleanPass(NamedTuple):
     resid:list # n_layers × [batch, seq, d_model]: each block's output
     calls:list # n_layers × BlockCall (models.BlockCall): the arguments each block received
 
-def clean_pass(model, input_ids:torch.Tensor) -> CleanPass:
+def body_autocast(device:torch.device|str, bf16:bool=False):
+    "Context for the transformer blocks: bf16 autocast when asked (fp32 weights, bf16 products), else nothing."
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+def clean_pass(model, input_ids:torch.Tensor, bf16:bool=False) -> CleanPass:
     "Run every block once (not the LM head), keeping each block's output and the arguments it was called with."
     bl = blocks(model)
     resid, calls = [None] * len(bl), [None] * len(bl)
@@ -90,7 +143,7 @@ def clean_pass(model, input_ids:torch.Tensor) -> CleanPass:
     hs = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(bl)]
     hs += [b.register_forward_hook(post(i)) for i, b in enumerate(bl)]
     try:
-        with torch.inference_mode(): model(input_ids=input_ids, use_cache=False)
+        with torch.inference_mode(), body_autocast(input_ids.device, bf16): model(input_ids=input_ids, use_cache=False)
     except _Stop: pass
     finally:
         for h in hs: h.remove()
@@ -103,29 +156,40 @@ def block_kwargs(model, hidden:torch.Tensor # [batch, seq, d_model] any hidden s
     ids = torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device)   # masks and positions depend on the shape only
     return block_inputs(model, ids).calls
 
-def forward_from_layer(model, hidden:torch.Tensor, # [batch, seq, d_model] output of block `layer`
-                       layer:int, # -1 resumes from block 0's input (models.block_inputs(...).hidden)
-                       calls=None, # None (built by block_kwargs), one kwargs dict for every block, or n_layers BlockCalls (CleanPass.calls)
-                       positions:torch.Tensor|None=None # [batch, seq] bool: unembed only these
-                      ) -> torch.Tensor:
-    "Logits after blocks layer+1..L-1, the final norm and the LM head: [batch, seq, vocab], or [n, vocab] at `positions`."
+def resume(model, hidden:torch.Tensor, # [batch, seq, d_model] output of block `layer`
+           layer:int, # -1 resumes from block 0's input (models.block_inputs(...).hidden)
+           calls=None, # None (built by block_kwargs), one kwargs dict for every block, or n_layers BlockCalls (CleanPass.calls)
+           positions:torch.Tensor|None=None, # [batch, seq] bool: return only these
+           bf16:bool=False # blocks under bf16 autocast
+          ) -> torch.Tensor:
+    "The last block's output after blocks layer+1..L-1 run on `hidden`: [batch, seq, d_model], or [n, d_model] at `positions`."
     bl = blocks(model)
     if not -1 <= layer < len(bl):
         raise IndexError(f"layer {layer} out of range: the model has layers 0..{len(bl) - 1}. Fix: use -1..{len(bl) - 1}")
     if calls is None: calls = block_kwargs(model, hidden)
-    with torch.inference_mode():
+    with torch.inference_mode(), body_autocast(hidden.device, bf16):
         for i in range(layer + 1, len(bl)):
             hidden = run_block(bl[i], hidden, BlockCall((), calls) if isinstance(calls, dict) else calls[i])
-        return unembed(model, hidden if positions is None else hidden[positions])
+    return hidden if positions is None else hidden[positions]
+
+def forward_from_layer(model, hidden:torch.Tensor, # [batch, seq, d_model] output of block `layer`
+                       layer:int, # -1 resumes from block 0's input (models.block_inputs(...).hidden)
+                       calls=None, # as in `resume`
+                       positions:torch.Tensor|None=None # [batch, seq] bool: unembed only these
+                      ) -> torch.Tensor:
+    "Logits after blocks layer+1..L-1, the final norm and the LM head: [batch, seq, vocab], or [n, vocab] at `positions`."
+    h = resume(model, hidden, layer, calls, positions)
+    with torch.inference_mode(): return unembed(model, h)
 
 # %% ../nbs/08_evaluate.ipynb #3293ef68
 @torch.no_grad()
 def reconstruct(sae, x:torch.Tensor, # [n, d_model] raw activations of one layer
                 scale:float): # that layer's input scale
-    "(x·scale, x̂ in the scaled space, the encoder output) for one layer's activations."
-    xs = x.to(sae.W_dec.dtype) * scale
-    enc = sae.encode(xs)
-    return xs, sae.decode(enc.top_acts, enc.top_idx), enc
+    "(x·scale, x̂ in the scaled space, the encoder output) for one layer's activations; the SAE runs in its own dtype, outside any autocast."
+    with torch.autocast(x.device.type, enabled=False):
+        xs = x.to(sae.W_dec.dtype) * scale
+        enc = sae.encode(xs)
+        return xs, sae.decode(enc.top_acts, enc.top_idx), enc
 
 def splice(sae, scale:float, keep:torch.Tensor) -> Callable:
     "A function h [batch, seq, d_model] -> h with the `keep` positions replaced by the SAE's reconstruction, divided back by `scale`."
@@ -137,8 +201,10 @@ def splice(sae, scale:float, keep:torch.Tensor) -> Callable:
     return f
 
 def spliced_forward(model, input_ids:torch.Tensor, replace:dict, # {layer: function on that block's output}
-                    positions:torch.Tensor|None=None) -> torch.Tensor:
-    "Logits of a full forward in which block l's output h becomes replace[l](h), later blocks seeing the change."
+                    positions:torch.Tensor|None=None,
+                    head:bool=True, # False: return the last block's output instead of the logits
+                    bf16:bool=False) -> torch.Tensor:
+    "Logits (or last-block output) of a full forward in which block l's output h becomes replace[l](h), later blocks seeing the change."
     bl = blocks(model)
     last = len(bl) - 1
     bad = [l for l in replace if not 0 <= l <= last]
@@ -153,12 +219,13 @@ def spliced_forward(model, input_ids:torch.Tensor, replace:dict, # {layer: funct
         return f
     hs = [bl[i].register_forward_hook(hook(i)) for i in sorted(set(replace) | {last})]
     try:
-        with torch.inference_mode(): model(input_ids=input_ids, use_cache=False)
+        with torch.inference_mode(), body_autocast(input_ids.device, bf16): model(input_ids=input_ids, use_cache=False)
     except _Stop: pass
     finally:
         for h in hs: h.remove()
-    h = kept["h"]
-    with torch.inference_mode(): return unembed(model, h if positions is None else h[positions])
+    h = kept["h"] if positions is None else kept["h"][positions]
+    if not head: return h
+    with torch.inference_mode(): return unembed(model, h)
 
 # %% ../nbs/08_evaluate.ipynb #d764607f
 def layer_scale(sae, layer:int, scales:dict|None=None) -> float:
@@ -177,14 +244,39 @@ def layer_scale(sae, layer:int, scales:dict|None=None) -> float:
     return float(own if own is not None else ref)
 
 # %% ../nbs/08_evaluate.ipynb #ac26e097
+class WindowSums:
+    "Per-window float64 sums of one (SAE, layer) pair: squared error, squared norm and sum of the inputs, for FVU's numerator and denominator per window."
+    def __init__(self, n_windows:int, d_model:int):
+        self.n, self.sse, self.sq = (torch.zeros(n_windows, dtype=torch.float64) for _ in range(3))
+        self.sx = torch.zeros(n_windows, d_model, dtype=torch.float64)
+
+    def update(self, xs:torch.Tensor, # [n, d_model] inputs in the SAE's scaled space
+               x_hat:torch.Tensor, # [n, d_model] reconstructions
+               window:torch.Tensor): # [n] window index of each token
+        x, w = xs.double().cpu(), window.cpu()
+        self.n.index_add_(0, w, torch.ones(len(w), dtype=torch.float64))
+        self.sse.index_add_(0, w, (x - x_hat.double().cpu()).pow(2).sum(-1))
+        self.sq.index_add_(0, w, x.pow(2).sum(-1)); self.sx.index_add_(0, w, x)
+
+    def result(self) -> torch.Tensor:
+        "[n_windows, 2]: each window's Σ‖x − x̂‖² and Σ‖x − x̄‖² around the mean x̄ of all windows (their totals' ratio is the FVU)."
+        mu = self.sx.sum(0) / self.n.sum()
+        return torch.stack([self.sse, self.sq - 2 * self.sx @ mu + self.n * mu.dot(mu)], 1)
+
 class EvalOutput(NamedTuple):
     "Metrics of an evaluation sweep."
-    pairs:dict # (SAE name, layer) -> metrics dict
+    pairs:dict # (SAE name, layer) -> metrics dict (ΔCE and KL on the first `ce_windows` windows)
     spliced:dict # setting -> {"ce", "delta_ce", "kl"} with all its layers spliced at once
-    clean_ce:float # mean next-token cross-entropy of the clean model
-    n_tokens:int # evaluated (non-special) tokens per layer
-    n_ce:int # scored next-token positions
+    clean_ce:float # mean next-token cross-entropy of the clean model on the first `ce_windows` windows
+    n_tokens:int # evaluated (non-special) tokens per layer for the reconstruction metrics
+    n_ce:int # scored next-token positions in the first `ce_windows` windows
     seconds:dict # wall time per phase
+    windows:dict # per-window sums: n_positions [W], clean [W] (clean CE), ce {pair: [W, 2] (CE, KL)} and fvu {pair: [Wf, 2]} (WindowSums)
+
+def _batches(cuts, batch_size):
+    "(start, end) of batches of at most `batch_size` windows that never straddle a cut."
+    cuts = sorted(set(cuts))
+    return [(s, min(s + batch_size, b)) for a, b in zip(cuts, cuts[1:]) for s in range(a, b, batch_size)]
 
 def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out token ids
              saes:dict, # SAE name -> SAE (on the model's device)
@@ -193,70 +285,89 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
              special=(), # token ids whose positions are neither evaluated nor spliced
              batch_size:int=8,
              settings:dict|None=None, # {setting name: {layer: SAE name}} spliced all at once
-             ce:bool=True, # also ΔCE and KL per pair
-             ce_windows:int|None=None, # ΔCE/KL (and the settings) on the first windows only; None = all
-             progress:bool=True) -> EvalOutput:
+             ce:bool=True, # also ΔCE and KL of every pair
+             ce_windows:int|None=None, # every pair's ΔCE/KL (and the settings) on the first windows only; None = all
+             progress:bool=True,
+             claim_pairs=(), # pairs whose ΔCE/KL run on every window, kept per window
+             fvu_windows:int|None=None, # reconstruction metrics on the first windows only; None = all
+             window_pairs=None, # pairs whose FVU sums are kept per window; None = claim_pairs
+             bf16:bool=False, # the transformer blocks under bf16 autocast (the SAEs and the LM head stay fp32)
+             chunk:int=512) -> EvalOutput: # positions per LM-head chunk
     "Reconstruction and next-token metrics of every pair, and of each setting spliced at once, from one clean pass per batch."
     settings, L = settings or {}, len(blocks(model))
     pairs = list(dict.fromkeys((str(n), int(l)) for n, l in pairs))
+    claim = set((str(n), int(l)) for n, l in claim_pairs)
+    kept_fvu = claim if window_pairs is None else set((str(n), int(l)) for n, l in window_pairs)
+    if not (claim | kept_fvu) <= set(pairs): raise ValueError(f"claim/window pairs {sorted((claim | kept_fvu) - set(pairs))[:3]} are not among `pairs`. Fix: add them to pairs")
     used = set(pairs) | {(n, l) for s in settings.values() for l, n in s.items()}
     missing = sorted({n for n, _ in used} - set(saes))
     if missing: raise KeyError(f"no SAE named {missing[:5]} was given. Fix: train them first (groupsae train)")
     bad = sorted({l for _, l in used if not 0 <= l < L})
     if bad: raise IndexError(f"layers {bad} out of range: the model has layers 0..{L - 1}")
     scale = {p: layer_scale(saes[p[0]], p[1], scales) for p in sorted(used)}
-    dev = next(model.parameters()).device
+    dev, W = next(model.parameters()).device, len(windows)
+    n_ce_w = W if ce_windows is None else min(int(ce_windows), W)
+    n_fvu_w = W if fvu_windows is None else min(int(fvu_windows), W)
     rec = {p: ReconStats(saes[p[0]].W_dec.shape[0]) for p in pairs}
-    nt = {p: torch.zeros(2, dtype=torch.float64, device=dev) for p in pairs}        # Σ CE, Σ KL
-    sp = {s: torch.zeros(2, dtype=torch.float64, device=dev) for s in settings}
-    clean_sum, n_ce, secs = torch.zeros((), dtype=torch.float64, device=dev), 0, dict.fromkeys(("clean", "pairs", "spliced"), 0.0)
-    n_ce_windows = len(windows) if ce_windows is None else min(int(ce_windows), len(windows))
-    # batches end at n_ce_windows, so that ΔCE runs on exactly the first n_ce_windows windows
-    starts = [*range(0, n_ce_windows, batch_size), *range(n_ce_windows, len(windows), batch_size)]
-    ends = [min(s + batch_size, n_ce_windows if s < n_ce_windows else len(windows)) for s in starts]
-    n_ce_batches = sum(s < n_ce_windows for s in starts)
-    bar = tqdm(total=len(starts) * len(pairs) + n_ce_batches * len(settings), desc="evaluate", unit="pair", disable=not progress)
+    fvu_w = {p: WindowSums(n_fvu_w, saes[p[0]].W_dec.shape[1]) for p in pairs if p in kept_fvu}
+    losses = {p: torch.zeros(W, 2, dtype=torch.float64) for p in pairs if ce or p in claim}     # per window: Σ CE, Σ KL
+    sp = {s: torch.zeros(W, 2, dtype=torch.float64) for s in settings}
+    n_pos, clean_w = torch.zeros(W, dtype=torch.float64), torch.zeros(W, dtype=torch.float64)
+    secs = dict.fromkeys(("clean", "pairs", "spliced"), 0.0)
+    todo = []   # per batch: (start, end, pairs with reconstruction metrics, pairs with ΔCE, settings)
+    for b, e in _batches([0, n_ce_w, n_fvu_w, W], batch_size):
+        rp = pairs if b < n_fvu_w else []
+        cp_ = [p for p in pairs if (ce and b < n_ce_w) or p in claim]
+        todo.append((b, e, set(rp), set(cp_), settings if b < n_ce_w else {}))
+    bar = tqdm(total=sum(len(r | c) + len(s) for _, _, r, c, s in todo), desc="evaluate", unit="pair", disable=not progress)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        for b, e in zip(starts, ends):
-            do_ce = (ce or bool(settings)) and b < n_ce_windows
+        for b, e, rp, cpairs, sett in todo:
+            if not (rp or cpairs or sett): continue
             ids = windows[b:e].to(dev)
             keep = keep_mask(ids, special) if len(special) else torch.ones_like(ids, dtype=torch.bool)
             pos = keep.clone(); pos[:, -1] = False                                 # positions with a next token
             targets = ids[:, 1:][pos[:, :-1]]
+            win = torch.arange(b, e, device=dev)[:, None].expand_as(ids)
+            win_keep, win_pos = win[keep].cpu(), win[pos].cpu()
             t0 = time.perf_counter()
-            cp = clean_pass(model, ids)
-            if do_ce:
-                clean_logp = unembed(model, cp.resid[-1][pos]).float().log_softmax(-1)
-                clean_sum += -clean_logp.gather(-1, targets[:, None]).sum().double()
-                n_ce += len(targets)
+            cp = clean_pass(model, ids, bf16)
+            if cpairs or sett:
+                clean = clean_head(model, cp.resid[-1][pos], targets, chunk)
+                clean_w.index_add_(0, win_pos, clean.ce.double().cpu())
+                n_pos.index_add_(0, win_pos, torch.ones(len(win_pos), dtype=torch.float64))
             sync(); t1 = time.perf_counter(); secs["clean"] += t1 - t0
-            for i, p in enumerate(pairs):
+            for i, p in enumerate(q for q in pairs if q in rp or q in cpairs):
                 if i % 25 == 24: trim_heap()   # bounds the heap's fragmentation by the pairs' temporaries (see below)
                 sae, l, s = saes[p[0]], p[1], scale[p]
                 xs, x_hat, enc = reconstruct(sae, cp.resid[l][keep], s)
-                rec[p].update(xs, x_hat, enc.top_acts, enc.top_idx)
-                if ce and do_ce:
+                if p in rp:
+                    rec[p].update(xs, x_hat, enc.top_acts, enc.top_idx)
+                    if p in fvu_w: fvu_w[p].update(xs, x_hat, win_keep)
+                if p in cpairs:
                     h = cp.resid[l].clone(); h[keep] = (x_hat / s).to(h.dtype)
-                    c, k = next_token_losses(clean_logp, forward_from_layer(model, h, l, cp.calls, pos), targets)
-                    nt[p] += torch.stack([c.sum(), k.sum()]).double()
+                    c, k = head_losses(model, resume(model, h, l, cp.calls, pos, bf16), targets, clean, chunk)
+                    losses[p].index_add_(0, win_pos, torch.stack([c, k], 1).double().cpu())
                 bar.update()
             sync(); t2 = time.perf_counter(); secs["pairs"] += t2 - t1
-            for name, assign in (settings.items() if do_ce else ()):
+            for name, assign in sett.items():
                 rep = {l: splice(saes[n], scale[(n, l)], keep) for l, n in assign.items()}
-                c, k = next_token_losses(clean_logp, spliced_forward(model, ids, rep, pos), targets)
-                sp[name] += torch.stack([c.sum(), k.sum()]).double()
+                c, k = head_losses(model, spliced_forward(model, ids, rep, pos, head=False, bf16=bf16), targets, clean, chunk)
+                sp[name].index_add_(0, win_pos, torch.stack([c, k], 1).double().cpu())
                 bar.update()
             sync(); secs["spliced"] += time.perf_counter() - t2
     bar.close()
-    if not n_ce and (ce or settings): raise ValueError("no scored positions: every window is special tokens only. Fix: check the windows and `special`")
-    clean_ce = clean_sum.item() / max(n_ce, 1)
+    n_ce = int(n_pos[:n_ce_w].sum())
+    if not n_ce and (ce or settings or claim): raise ValueError("no scored positions: every window is special tokens only. Fix: check the windows and `special`")
+    clean_ce = clean_w[:n_ce_w].sum().item() / max(n_ce, 1)
     def nt_metrics(v):
-        ce_, kl = (v / n_ce).tolist()
+        ce_, kl = (v[:n_ce_w].sum(0) / n_ce).tolist()
         return {"ce": ce_, "delta_ce": delta_ce_pct(ce_, clean_ce), "kl": kl}
-    out = {p: {"sae": p[0], "layer": p[1], "scale": scale[p], **rec[p].result(), **(nt_metrics(nt[p]) if ce else {})} for p in pairs}
-    n_tok = next(iter(out.values()))["n_tokens"] if out else int(keep_mask(windows, special).sum()) if len(special) else windows.numel()
-    return EvalOutput(out, {s: nt_metrics(v) for s, v in sp.items()}, clean_ce, n_tok, n_ce, secs)
+    out = {p: {"sae": p[0], "layer": p[1], "scale": scale[p], **rec[p].result(), **(nt_metrics(losses[p]) if ce else {})} for p in pairs}
+    n_tok = next(iter(out.values()))["n_tokens"] if out else 0
+    kept = {"n_positions": n_pos, "clean": clean_w, "n_ce_windows": n_ce_w, "n_fvu_windows": n_fvu_w,
+            "ce": {p: losses[p] for p in pairs if p in claim}, "fvu": {p: v.result() for p, v in fvu_w.items()}}
+    return EvalOutput(out, {s: nt_metrics(v) for s, v in sp.items()}, clean_ce, n_tok, n_ce, secs, kept)
 
 # %% ../nbs/08_evaluate.ipynb #41dcb6b7
 def eval_windows(split:Split, n_tokens:int, context_len:int, train_ids=None) -> torch.Tensor:
@@ -287,14 +398,27 @@ def load_saes(names, preset:str, root=None, device="cpu") -> dict:
     return {n: TopKSAE.load(d / n).to(device).eval().requires_grad_(False) for n in names}
 
 # %% ../nbs/08_evaluate.ipynb #b369def3
+def _window_json(win:dict) -> str:
+    "eval_windows.json: the claim pairs' per-window sums (positions, clean CE, CE and KL), compact."
+    r = lambda xs: [float(f"{x:.7g}") for x in xs]
+    d = {"n_positions": [int(x) for x in win["n_positions"].tolist()], "clean": r(win["clean"].tolist()),
+         "ce": {f"{n}/{l}": [r(row) for row in v.tolist()] for (n, l), v in sorted(win["ce"].items(), key=lambda kv: (kv[0][1], kv[0][0]))}}
+    return json.dumps(d, separators=(",", ":")) + "\n"
+
+def read_eval_windows(path) -> dict:
+    "Read eval_windows.json back in the form `precision.claim_precision` takes (keys (SAE name, layer))."
+    d = load_json(path)
+    return {**d, "ce": {(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): v for k, v in d["ce"].items()}, "fvu": {}}
+
 def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
-                   ce_tokens:int|None=None, # tokens for ΔCE/KL; None: cfg.eval.ce_tokens if set, else all eval tokens
+                   ce_tokens:int|None=None, # tokens for every pair's ΔCE/KL; None: cfg.eval.ce_tokens if set, else all eval tokens
                    splice:str|None=None # settings spliced all at once: 'all', 'ghat' (baseline, Ĝ, controls) or 'none'
                   ) -> dict:
-    "The evaluate stage: every (SAE, layer) pair once on held-out tokens; writes eval_per_layer.csv, eval.json, summary.json."
+    "The evaluate stage: every (SAE, layer) pair once on held-out tokens, the claim arms on the large sample with 95% intervals; writes eval_per_layer.csv, eval_windows.json, eval.json, summary.json."
     from groupsae.activations import study_inputs
-    ce_tokens = ce_tokens if ce_tokens is not None else cfg.eval.ce_tokens
-    splice = splice or cfg.eval.splice
+    e, ctx = cfg.eval, cfg.data.context_len
+    ce_tokens = ce_tokens if ce_tokens is not None else e.ce_tokens
+    splice = splice or e.splice
     if splice not in SPLICE_MODES: raise ValueError(f"splice={splice!r} is unknown. Fix: use one of {SPLICE_MODES}")
     rd = results_dir(cfg.preset, root)
     groups = _need(rd / "groups.json", "group", "the partitions of every G")
@@ -302,21 +426,27 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     costs = load_json(rd / "costs.json") if (rd / "costs.json").exists() else None
     inp = study_inputs(cfg)
     L = len(blocks(inp.model))
-    windows = eval_windows(inp.split, cfg.eval.n_tokens, cfg.data.context_len)
+    windows = eval_windows(inp.split, max(e.n_tokens, e.claim_tokens or 0), ctx)
     plan = eval_plan(groups, L, cfg.train.seeds)
     pairs = plan_pairs(plan)
     saes = load_saes(sorted({n for n, _ in pairs}), cfg.preset, root, cfg.model.device)
     scales = dict(zip((int(l) for l in scales_json["layers"]), scales_json["scales"]))
-    g_hat, base_key = int(groups["G_hat"]), f"amad/{len(groups['layers'])}"
+    layers, g_hat = [int(l) for l in groups["layers"]], int(groups["G_hat"])
+    base_key = f"amad/{len(layers)}"
     keys = {"all": [k for k in plan if k != "last"], "none": [],
             "ghat": [base_key, f"amad/{g_hat}", f"even/{g_hat}", f"small/{g_hat}"]}[splice]
     spliced = {k: plan[k]["layers"] for k in dict.fromkeys(keys)}
-    ce_windows = windows_needed(ce_tokens, cfg.data.context_len) if ce_tokens else None
+    arms = claim_arms(plan, len(layers), g_hat)
+    ce_layers = claim_layers(layers, e.claim_layers) if e.claim_tokens else []
+    claim = [(a[l], l) for seeds in arms.values() for a in seeds for l in ce_layers]
     t0 = time.perf_counter()
-    res = evaluate(inp.model, windows, saes, pairs, scales, inp.special, cfg.eval.batch_size, spliced,
-                   ce_windows=ce_windows, progress=progress)
+    res = evaluate(inp.model, windows, saes, pairs, scales, inp.special, e.batch_size, spliced,
+                   ce_windows=windows_needed(ce_tokens, ctx) if ce_tokens else None, progress=progress, claim_pairs=claim,
+                   fvu_windows=windows_needed(e.n_tokens, ctx), window_pairs=[(a[l], l) for seeds in arms.values() for a in seeds for l in layers],
+                   bf16=e.bf16, chunk=e.head_chunk)
     wall = time.perf_counter() - t0
     atomic_write(rd / "eval_per_layer.csv", per_layer_csv(res.pairs))
+    if claim: atomic_write(rd / "eval_windows.json", _window_json(res.windows))
     settings, per_seed = {}, {}
     for key, s in plan.items():
         if key == "last": continue
@@ -325,22 +455,25 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
         summ["amad"] = groups.get({"amad": "amad", "even": "even_amad"}.get(s["kind"], ""), {}).get(str(s["G"]))
         summ["spliced_all"] = res.spliced.get(key)
         settings.setdefault(s["kind"], {})[str(s["G"])] = summ
-    layers = [int(l) for l in groups["layers"]]
     seed0 = {"baseline": settings["amad"][str(len(layers))], "ghat": settings["amad"][str(g_hat)],
              "even": settings["even"][str(g_hat)], "small": settings["small"][str(g_hat)]}
     spread = seed_spread({a: [seed0[a], *(per_seed.get(a, {})[k] for k in sorted(per_seed.get(a, {})))] for a in seed0})
+    precision = claim_precision(res.windows, arms, ce_layers, layers, e.n_boot, cfg.seed) if claim else None
+    n_ce_w = min(len(windows), windows_needed(ce_tokens, ctx) if ce_tokens else len(windows))
     ev = {"config_hash": cfg.hash(), "model": cfg.model.name, "n_layers": L, "layers": layers, "G_hat": g_hat,
           "threshold": groups.get("threshold"), "baseline_G": len(layers), "n_windows": len(windows),
-          "n_ce_windows": min(len(windows), ce_windows or len(windows)),
-          "splice": splice,
+          "n_fvu_windows": res.windows["n_fvu_windows"], "n_ce_windows": n_ce_w, "splice": splice, "bf16": e.bf16,
           "n_tokens": res.n_tokens, "n_ce_positions": res.n_ce, "clean_ce": res.clean_ce, "metrics": list(METRICS),
-          "settings": settings, "seeds": spread, "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,
-          "n_pairs": len(pairs), "seconds": {**res.seconds, "total": wall},
+          "settings": settings, "seeds": spread, "precision": precision,
+          "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,
+          "n_pairs": len(pairs), "n_claim_pairs": len(claim), "seconds": {**res.seconds, "total": wall},
           "seconds_per_pair": res.seconds["pairs"] / max(len(pairs), 1)}
     save_json(ev, rd / "eval.json", timings=("seconds", "seconds_per_pair"))   # wall clock: timings.json
     summary = load_json(rd / "summary.json") if (rd / "summary.json").exists() else {}
     summary.update({"n_layers": L, "G_hat": g_hat, "amad_G_hat": groups["amad"][str(g_hat)], **seed_summary(spread),
+                    **(precision_summary(precision) if precision else {}),
                     **compute_savings(costs, g_hat, L), "eval_config_hash": cfg.hash()})
     save_json(summary, rd / "summary.json")
-    if progress: print(f"evaluate: {len(pairs)} pairs, {len(spliced)} spliced settings, {res.n_tokens:,} tokens/layer in {wall:.1f} s")
+    if progress: print(f"evaluate: {len(pairs)} pairs ({len(claim)} on {int(res.windows['n_positions'].sum()):,} positions), "
+                       f"{len(spliced)} spliced settings, {res.n_tokens:,} tokens/layer in {wall:.1f} s")
     return ev
