@@ -19,9 +19,10 @@ from .sae import decode_sparse
 __all__ = ['TASKS', 'NAMES', 'PLACES', 'OBJECTS', 'NOUNS', 'PREPS', 'VERBS', 'EVENTS', 'SINGULAR', 'PLURAL', 'EOT', 'ERROR_MODES',
            'STUDY_TASKS', 'ARM_LABELS', 'ARM_STYLE', 'Example', 'prefix_ids', 'single_tokens', 'digit_mode',
            'make_task', 'TaskBatch', 'task_batch', 'task_metric', 'run_with', 'LayerSAE', 'layer_saes', 'dense_codes',
-           'split_node', 'Attribution', 'attribute', 'exact_effects', 'Means', 'node_means', 'ablate', 'circuit_metric',
-           'model_metric', 'circuit_masks', 't_grid', 'faithfulness', 'auc', 'circuit_curves', 'circuit_arms',
-           'split_fit_test', 'attribution_check', 'circuit_summary', 'run_circuits', 'plot_circuits']
+           'split_node', 'Attribution', 'Grads', 'residual_grads', 'attribute', 'exact_effects', 'Means', 'node_means',
+           'ablate', 'circuit_metric', 'model_metric', 'circuit_masks', 't_grid', 'faithfulness', 'auc',
+           'circuit_curves', 'circuit_arms', 'split_fit_test', 'attribution_check', 'circuit_summary', 'run_circuits',
+           'plot_circuits']
 
 # %% ../nbs/09f_circuits.ipynb #be387a6f
 TASKS = ("ioi", "agreement", "agreement_pp", "agreement_rc", "greater_than")
@@ -219,11 +220,16 @@ def _track(t):
     else: t.requires_grad_()
     return t
 
-# %% ../nbs/09f_circuits.ipynb #f08f3e7e
-def attribute(model, ls:dict, # {layer: LayerSAE}
-              b:TaskBatch, batch_size:int=64) -> Attribution:
-    "Attribution patching of every latent and error term at the layers of `ls`: residual-stream gradients from one forward and backward of the clean prompts, one forward of the corrupted ones."
-    lat, err = {l: [] for l in ls}, {l: [] for l in ls}
+# %% ../nbs/09f_circuits.ipynb #abea8384
+class Grads(NamedTuple):
+    "What attribution patching needs from the model, the same for every SAE set (the splice is exact)."
+    clean:dict # {layer: [n, seq, d_model]} residual stream of the clean prompts
+    grad:dict # {layer: [n, seq, d_model]} gradient of the summed metric with respect to it
+    corrupt:dict # {layer: [n, seq, d_model]} residual stream of the corrupted prompts
+
+def residual_grads(model, layers:list, b:TaskBatch, batch_size:int=64) -> Grads:
+    "Residual streams of the clean and corrupted prompts at `layers` and the metric's gradients on the clean ones: one forward and backward, one forward."
+    out = Grads({l: [] for l in layers}, {l: [] for l in layers}, {l: [] for l in layers})
     for i in range(0, len(b), batch_size):
         bb, resid = b.slice(i, i + batch_size), {}
         def tap(l):
@@ -231,16 +237,25 @@ def attribute(model, ls:dict, # {layer: LayerSAE}
                 resid[l] = _track(h if h.requires_grad else h.detach())
                 return resid[l]
             return fn
-        task_metric(run_with(model, bb.clean, {l: tap(l) for l in ls}, grad=True), bb.good, bb.bad).sum().backward()
+        task_metric(run_with(model, bb.clean, {l: tap(l) for l in layers}, grad=True), bb.good, bb.bad).sum().backward()
         corrupt = clean_pass(model, bb.corrupt).resid
-        with torch.no_grad():
-            for l, t in ls.items():
-                g, h = resid[l].grad, resid[l].detach()
-                (f_c, e_c), (f_p, e_p) = split_node(t, h), split_node(t, corrupt[l])
-                # block output = (f @ W_dec + b_dec) / scale + error: d/df = g @ W_dec.T / scale, d/d error = g
-                lat[l].append(((f_p - f_c) * (g @ t.sae.W_dec.T)).sum(1) / t.scale)
-                err[l].append(((e_p - e_c) * g).sum((1, 2)))
-    return Attribution({l: torch.cat(v) for l, v in lat.items()}, {l: torch.cat(v) for l, v in err.items()})
+        for l in layers:
+            out.clean[l].append(resid[l].detach()); out.grad[l].append(resid[l].grad); out.corrupt[l].append(corrupt[l])
+    return Grads(*({l: torch.cat(v) for l, v in d.items()} for d in out))
+
+def attribute(model, ls:dict, # {layer: LayerSAE}
+              b:TaskBatch, batch_size:int=64,
+              grads:Grads|None=None) -> Attribution: # `residual_grads` of these prompts, if already run
+    "Attribution patching of every latent and error term at the layers of `ls` from the residual-stream gradients of one backward pass."
+    g = grads if grads is not None else residual_grads(model, list(ls), b, batch_size)
+    lat, err = {}, {}
+    with torch.no_grad():
+        for l, t in ls.items():
+            (f_c, e_c), (f_p, e_p) = split_node(t, g.clean[l]), split_node(t, g.corrupt[l])
+            # block output = (f @ W_dec + b_dec) / scale + error: d/df = grad @ W_dec.T / scale, d/d error = grad
+            lat[l] = ((f_p - f_c) * (g.grad[l] @ t.sae.W_dec.T)).sum(1) / t.scale
+            err[l] = ((e_p - e_c) * g.grad[l]).sum((1, 2))
+    return Attribution(lat, err)
 
 # %% ../nbs/09f_circuits.ipynb #5345f385
 def exact_effects(model, ls:dict, b:TaskBatch,
@@ -265,13 +280,14 @@ class Means(NamedTuple):
     latents:dict # {layer: [seq, d_sae]}
     errors:dict # {layer: [seq, d_model]}
 
-def node_means(model, ls:dict, ids:torch.Tensor, batch_size:int=64) -> Means:
+def node_means(model, ls:dict, ids:torch.Tensor, batch_size:int=64,
+               resid:dict|None=None) -> Means: # {layer: [n, seq, d_model]} residual streams of `ids`, if already run
     "Per-position mean of every layer's latents and error term over the prompts `ids` [n, seq]."
     lat, err = {l: 0 for l in ls}, {l: 0 for l in ls}
     for i in range(0, len(ids), batch_size):
-        resid = clean_pass(model, ids[i:i + batch_size]).resid
+        resid_b = clean_pass(model, ids[i:i + batch_size]).resid if resid is None else {l: resid[l][i:i + batch_size] for l in ls}
         for l, t in ls.items():
-            f, e = split_node(t, resid[l])
+            f, e = split_node(t, resid_b[l])
             lat[l], err[l] = lat[l] + f.sum(0), err[l] + e.sum(0)
     return Means({l: v / len(ids) for l, v in lat.items()}, {l: v / len(ids) for l, v in err.items()})
 
@@ -337,11 +353,13 @@ def auc(Ts:list, f:list) -> float:
 def circuit_curves(model, ls:dict, fit:TaskBatch, # examples for the attributions and the means
                    test:TaskBatch, # disjoint examples the circuits are scored on
                    Ts:list, Ts_complete:list=(), errors:str="keep", batch_size:int=64,
-                   m_full:torch.Tensor|None=None) -> dict: # the model's metric on `test`, if known
+                   m_full:torch.Tensor|None=None, # the model's metric on `test`, if known
+                   grads:Grads|None=None) -> dict: # `residual_grads` of `fit`, if known
     "Faithfulness F(T) and completeness of the top-T circuits of one SAE set on one task, F of the whole spliced model, the error terms' attribution share."
-    att = attribute(model, ls, fit, batch_size)
+    grads = grads if grads is not None else residual_grads(model, list(ls), fit, batch_size)
+    att = attribute(model, ls, fit, batch_size, grads)
     scores, err_scores = {l: v.mean(0) for l, v in att.latents.items()}, {l: float(v.mean()) for l, v in att.errors.items()}
-    means = node_means(model, ls, fit.clean, batch_size)
+    means = node_means(model, ls, fit.clean, batch_size, grads.clean)
     m_full = (model_metric(model, test, batch_size=batch_size) if m_full is None else m_full).mean().item()
     def m(keep, keep_err): return circuit_metric(model, ls, test, keep, keep_err, means, batch_size).mean().item()
     d = {l: len(s) for l, s in scores.items()}
@@ -372,15 +390,17 @@ def split_fit_test(examples:list, n:int) -> tuple:
     seen = {tuple(e["clean"]) for e in fit}
     return fit, [e for e in examples[n:] if tuple(e["clean"]) not in seen][:n]
 
-def attribution_check(model, ls:dict, b:TaskBatch, n_layers:int=3, n_latents:int=5, batch_size:int=64) -> dict:
-    "Attribution against exact activation patching on the `n_latents` top latents and the error term of `n_layers` evenly spaced layers."
+def attribution_check(model, ls:dict, b:TaskBatch, n_layers:int=3, n_latents:int=4, batch_size:int=64) -> dict:
+    "Attribution against exact activation patching on the `n_latents` top latents and the error term of `n_layers` evenly spaced layers; Pearson r over the latents and over all these nodes."
     att = attribute(model, ls, b, batch_size)
     layers = sorted(ls)
     pick = sorted({layers[i] for i in np.linspace(0, len(layers) - 1, n_layers).round().astype(int)})
     nodes = [(l, int(i)) for l in pick for i in att.latents[l].mean(0).abs().topk(n_latents).indices] + [(l, -1) for l in pick]
     approx = [float(att.latents[l][:, i].mean() if i >= 0 else att.errors[l].mean()) for l, i in nodes]
     exact = exact_effects(model, ls, b, nodes).tolist()
-    return {"nodes": [list(x) for x in nodes], "attribution": approx, "exact": exact, "pearson": float(np.corrcoef(approx, exact)[0, 1])}
+    k = n_latents * len(pick)
+    return {"nodes": [list(x) for x in nodes], "attribution": approx, "exact": exact,
+            "pearson_latents": float(np.corrcoef(approx[:k], exact[:k])[0, 1]), "pearson": float(np.corrcoef(approx, exact)[0, 1])}
 
 # %% ../nbs/09f_circuits.ipynb #7685bff5
 def _mean_sd(xs) -> dict:
@@ -394,14 +414,17 @@ def circuit_summary(d:dict) -> dict: # the content of circuits.json
     alls = [x for t in d["curves"].values() for a in t.values() for x in a["all_latents"]]
     out["faithfulness_all_latents"] = max(alls, key=lambda x: abs(x - 1))   # the farthest from 1
     out["circuit_clean_accuracy"] = float(np.mean(list(d["clean_accuracy"].values())))
-    out["circuit_attribution_pearson"] = d["attribution_pearson"]
+    out["circuit_attribution_pearson"] = d["attribution_pearson"]["latents"]
+    out["circuit_attribution_pearson_all"] = d["attribution_pearson"]["all"]
     return out
 
-def run_circuits(cfg:RunConfig, root=None, tasks=STUDY_TASKS, n:int=64, # examples per split (fit, test) and task
-                 n_T:int=8, n_T_complete:int=4, # points of the faithfulness and completeness sweeps
+def run_circuits(cfg:RunConfig, root=None, tasks=STUDY_TASKS, n:int=48, # examples per split (fit, test) and task
+                 n_T:int=8, n_T_complete:int=3, # points of the faithfulness and completeness sweeps
                  max_frac:float=0.2, max_frac_complete:float=0.05, # the sweeps' ends, fractions of d_sae (the authors')
                  seeds:int|None=None, # seeds of the replicas; None = cfg.train.seeds
-                 seed_arms=("baseline", "ghat"), errors:str="keep", batch_size:int=64, progress:bool=True) -> dict:
+                 seed_arms=("baseline", "ghat"), errors:str="keep", batch_size:int=64,
+                 check_n:int=16, # fit examples of the exact-patching check
+                 progress:bool=True) -> dict:
     "The circuits stage: faithfulness and completeness of top-T circuits for the baseline, Ĝ, G = 1 and evenly spaced SAEs on each task; writes circuits.json and summary.json."
     from groupsae.models import load_model
     t_start = time.perf_counter()
@@ -427,11 +450,12 @@ def run_circuits(cfg:RunConfig, root=None, tasks=STUDY_TASKS, n:int=64, # exampl
         m_full = model_metric(model, test, batch_size=batch_size)
         acc[task], clean_m[task] = (m_full > 0).float().mean().item(), m_full.mean().item()
         gap[task] = (m_full - model_metric(model, test, "corrupt", batch_size)).mean().item()
-        check[task] = attribution_check(model, layer_saes(saes, arms["baseline"], scales), fit.slice(0, 32), batch_size=batch_size)
+        check[task] = attribution_check(model, layer_saes(saes, arms["baseline"], scales), fit.slice(0, check_n), batch_size=batch_size)
+        grads = residual_grads(model, sorted(arms["baseline"]), fit, batch_size)   # the model's part, shared by every SAE set
         bar.update()
         curves[task] = {}
         for arm, layers in arms.items():
-            c = circuit_curves(model, layer_saes(saes, layers, scales), fit, test, Ts, Tc, errors, batch_size, m_full)
+            c = circuit_curves(model, layer_saes(saes, layers, scales), fit, test, Ts, Tc, errors, batch_size, m_full, grads)
             slot = curves[task].setdefault(arm.partition("@s")[0], {k: [] for k in c})   # seed replicas join their arm
             for k, v in c.items(): slot[k].append(v)
             bar.update()
@@ -439,13 +463,14 @@ def run_circuits(cfg:RunConfig, root=None, tasks=STUDY_TASKS, n:int=64, # exampl
     bar.close()
     arm_names = list(dict.fromkeys(a.partition("@s")[0] for a in arms))
     per_seed = {a: np.mean([curves[t][a]["auc"] for t in tasks], axis=0) for a in arm_names}   # task-mean AUC of each seed
-    exact, approx = ([x for c in check.values() for x in c[k]] for k in ("exact", "attribution"))
+    pooled = lambda k, lat: [x for c in check.values() for x, (_, i) in zip(c[k], c["nodes"]) if i >= 0 or not lat]
+    r = {w: float(np.corrcoef(pooled("attribution", w == "latents"), pooled("exact", w == "latents"))[0, 1]) for w in ("latents", "all")}
     out = {"config_hash": cfg.hash(), "model": cfg.model.name, "tasks": list(tasks), "n_layers": L, "layers": [int(l) for l in groups["layers"]],
            "G_hat": int(groups["G_hat"]), "arms": {a: {"G": len(set(arms[a].values())), "n_seeds": len(curves[tasks[0]][a]["auc"])} for a in arm_names},
            "d_sae": d_sae, "errors": errors, "T": Ts, "T_complete": Tc, "n_examples": n_split,
            "clean_accuracy": acc, "clean_metric": clean_m, "gap": gap, "curves": curves,
            "auc": {a: {**_mean_sd(v), "per_seed": [float(x) for x in v]} for a, v in per_seed.items()},
-           "attribution_check": check, "attribution_pearson": float(np.corrcoef(approx, exact)[0, 1]),
+           "attribution_check": check, "attribution_pearson": r,
            "seconds": {**secs, "total": time.perf_counter() - t_start}}
     save_json(out, rd / "circuits.json", timings=("seconds",))
     summary = load_json(rd / "summary.json") if (rd / "summary.json").exists() else {}
