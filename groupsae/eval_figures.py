@@ -10,8 +10,9 @@ import matplotlib.pyplot as plt
 from .config import use_style
 
 # %% auto #0
-__all__ = ['METRIC_LABELS', 'SETTING_LABELS', 'DIFF_LABELS', 'THETAS', 'arm_point', 'fig_quality_vs_amad', 'relative_compute',
-           'fig_quality_vs_compute', 'fig_per_layer', 'table1', 'theta_sensitivity', 'theta_markdown', 'fig_theta']
+__all__ = ['METRIC_LABELS', 'SETTING_LABELS', 'ARM_LABELS', 'DIFF_LABELS', 'THETAS', 'arm_point', 'fig_quality_vs_amad',
+           'relative_compute', 'fig_quality_vs_compute', 'fig_per_layer', 'arm_setting', 'table1', 'theta_sensitivity',
+           'theta_markdown', 'fig_theta']
 
 # %% ../nbs/08b_eval_figures.ipynb #bcfc722f
 METRIC_LABELS = {"fvu": "FVU", "delta_ce": "ΔCE (%)", "kl": "KL to the clean model", "l0": "L0",
@@ -143,48 +144,74 @@ def fig_per_layer(ev:dict, G:int, kind:str="amad", metrics=("fvu", "delta_ce"), 
     return fig
 
 # %% ../nbs/08b_eval_figures.ipynb #941aba7a
-def _fmt(r, m, pct=False):
-    if r is None or m not in r.get("mean", {}): return "–"
-    return f"{r['mean'][m]:.3g} ± {r['std'][m]:.2g}"
-
 def _pm(mean, sd, digits=3) -> str:
     return "–" if mean is None else f"{mean:.{digits}g}" + ("" if sd is None else f" ± {sd:.2g}")
 
-DIFF_LABELS = {"ghat_minus_baseline": ("Ĝ's AMAD groups", "per-layer baseline"), "even_minus_ghat": ("evenly spaced groups", "Ĝ's AMAD groups"),
-               "small_minus_ghat": ("smaller SAEs", "Ĝ's AMAD groups")}
+def _ci(r:dict, digits=3) -> str:
+    "'mean [lo, hi]' of a precision interval."
+    return f"{r['mean']:.{digits}g} [{r['ci95'][0]:.{digits}g}, {r['ci95'][1]:.{digits}g}]"
 
-def _verdict_text(key:str, v:str) -> str:
+ARM_LABELS = {"baseline": "per-layer baseline", "ghat": "AMAD groups", "even": "evenly spaced groups", "small": "smaller SAEs",
+              "g1": "one SAE for every layer (G = 1)"}
+DIFF_LABELS = {"ghat": ("Ĝ's AMAD groups", "per-layer baseline"), "even": ("evenly spaced groups", "Ĝ's AMAD groups"),
+               "small": ("smaller SAEs", "Ĝ's AMAD groups"), "g1": ("G = 1", "per-layer baseline")}
+_SPREAD_KEYS = {"ghat_minus_baseline": "ghat", "even_minus_ghat": "even", "small_minus_ghat": "small"}   # eval.json's seed spread
+
+def _verdict_text(key:str, v:str, by:str="the 95% interval holds 0") -> str:
     a, b = DIFF_LABELS[key]
-    return {"tie": "tie (within the spread over seeds)", "first better": f"{a} better", "second better": f"{b} better"}[v]
+    return {"tie": f"tie ({by})", "first better": f"{a} better", "second better": f"{b} better"}[v]
+
+def arm_setting(ev:dict, arm:str) -> dict|None:
+    "Seed 0's setting of a claim arm in eval.json."
+    kind, G = {"baseline": ("amad", ev.get("baseline_G")), "ghat": ("amad", ev["G_hat"]), "even": ("even", ev["G_hat"]),
+               "small": ("small", ev["G_hat"]), "g1": ("amad", 1)}[arm]
+    return ev["settings"].get(kind, {}).get(str(G))
 
 def table1(ev:dict) -> tuple:
-    "Table 1 at Ĝ (baseline, AMAD groups, evenly spaced groups, smaller SAEs) as (markdown, csv) text: mean ± sd over seeds, and the differences with their verdicts."
-    g, n = str(ev["G_hat"]), _n_seeds(ev)
-    rows = [("baseline", "per-layer baseline", ev["settings"]["amad"].get(str(ev.get("baseline_G")))),
-            *((kind if kind != "amad" else "ghat", SETTING_LABELS[kind], ev["settings"].get(kind, {}).get(g)) for kind in ("amad", "even", "small"))]
-    spread = f"mean ± sd over {n} seeds" if n > 1 else "mean ± std over layers, one seed"
-    cols = ["setting", "G", f"FVU ({spread})", "ΔCE %", "KL", "L0", "dead", "ΔCE % all spliced (seed 0)"]
+    "Table 1 at Ĝ (baseline, AMAD groups, evenly spaced groups, smaller SAEs, G = 1) as (markdown, csv) text, and the claim differences with their verdicts: 95% intervals (seeds and evaluation sample) where eval.json has them, else mean ± sd over seeds."
+    p, n, ms = ev.get("precision"), _n_seeds(ev), ("fvu", "delta_ce", "kl")
+    if p:
+        sample = (f"mean over {n} seed{'s' if n > 1 else ''} [95% interval: seeds and evaluation sample]; FVU over all "
+                  f"{len(p['fvu_layers'])} grouped layers, ΔCE and KL over layers {', '.join(map(str, p['ce_layers']))} on {p['n_ce_tokens']:,} positions")
+    else: sample = f"mean ± sd over {n} seeds" if n > 1 else "mean ± std over layers, one seed"
+    cols = ["setting", "G", "FVU", "ΔCE %", "KL", "L0", "dead", "ΔCE % all spliced (seed 0)"]
     md_rows, buf = [], io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["setting", "G", "n_seeds", "fvu_mean", "fvu_sd", "delta_ce_mean", "delta_ce_sd", "kl_mean", "kl_sd", "l0_mean",
+    w.writerow(["setting", "G", "n_seeds", *(f"{m}_{s}" for m in ms for s in ("mean", "sd", "ci_lo", "ci_hi")), "l0_mean",
                 "dead_frac_mean", "delta_ce_all_spliced"])
-    for arm, name, r in rows:
-        if r is None: continue
+    f4 = lambda x: "" if x is None else f"{x:.4g}"
+    for arm, name in ARM_LABELS.items():
+        r = arm_setting(ev, arm)
+        if r is None or (arm == "g1" and not p): continue
         sp = (r.get("spliced_all") or {}).get("delta_ce")
-        pts = {m: arm_point(ev, arm, m) for m in ("fvu", "delta_ce", "kl")}
-        md_rows.append([name, str(r["G"]), *(_pm(*pts[m]) for m in ("fvu", "delta_ce", "kl")), f"{r['mean'].get('l0', float('nan')):.3g}",
+        if p and arm in p["arms"]:
+            iv = {m: p["arms"][arm][m] for m in ms}
+            cells, nums = [_ci(iv[m]) for m in ms], [(iv[m]["mean"], iv[m]["sd_seed"], *iv[m]["ci95"]) for m in ms]
+            k = iv["fvu"]["n_seeds"]
+        else:
+            pts = {m: arm_point(ev, arm, m) for m in ms}
+            cells, nums, k = [_pm(*pts[m]) for m in ms], [(*pts[m], None, None) for m in ms], n
+        md_rows.append([name, str(r["G"]), *cells, f"{r['mean'].get('l0', float('nan')):.3g}",
                         f"{r['mean'].get('dead_frac', float('nan')):.3g}", "–" if sp is None else f"{sp:.3g}"])
-        w.writerow([name, r["G"], n, *(f"{x:.4g}" if x is not None else "" for x in
-                    (*pts["fvu"], *pts["delta_ce"], *pts["kl"], r["mean"].get("l0"), r["mean"].get("dead_frac"), sp))])
-    md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in md_rows)
-    diffs = (ev.get("seeds") or {}).get("diffs", {})
-    if n > 1 and diffs:
+        w.writerow([name, r["G"], k, *(f4(x) for t in nums for x in t), f4(r["mean"].get("l0")), f4(r["mean"].get("dead_frac")), f4(sp)])
+    md = f"Values: {sample}.\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in md_rows)
+    if p and p["diffs"]:
+        md += ("\nDifferences at Ĝ (first − second, seed by seed on the same windows; lower is better), mean and 95% interval "
+               "(seeds: t with n − 1 df; evaluation sample: paired bootstrap over windows). A difference whose interval holds 0 "
+               "is a tie; G = 1 has one seed, so its interval covers the evaluation sample only.\n\n"
+               "| difference | ΔFVU | ΔCE points | ΔKL | verdict (FVU) | verdict (ΔCE) |\n|---|---|---|---|---|---|\n")
+        for key, d in p["diffs"].items():
+            a, b = DIFF_LABELS[key]
+            md += (f"| {a} − {b} | {_ci(d['fvu'], 2)} | {_ci(d['delta_ce'], 2)} | {_ci(d['kl'], 2)} | "
+                   f"{_verdict_text(key, d['fvu']['verdict'])} | {_verdict_text(key, d['delta_ce']['verdict'])} |\n")
+    elif n > 1 and (ev.get("seeds") or {}).get("diffs"):
         md += (f"\nDifferences at Ĝ, seed by seed on the same tokens (mean ± sd over {n} seeds; lower is better; a difference "
                "not larger than its sd is a tie):\n\n| difference | ΔFVU | ΔCE points | verdict (FVU) | verdict (ΔCE) |\n|---|---|---|---|---|\n")
-        for key, d in diffs.items():
-            a, b = DIFF_LABELS[key]
+        for k, d in ev["seeds"]["diffs"].items():
+            key = _SPREAD_KEYS[k]; a, b = DIFF_LABELS[key]
+            by = "within the spread over seeds"
             md += (f"| {a} − {b} | {_pm(d['fvu']['mean'], d['fvu']['sd'], 2)} | {_pm(d['delta_ce']['mean'], d['delta_ce']['sd'], 2)} | "
-                   f"{_verdict_text(key, d['fvu']['verdict'])} | {_verdict_text(key, d['delta_ce']['verdict'])} |\n")
+                   f"{_verdict_text(key, d['fvu']['verdict'], by)} | {_verdict_text(key, d['delta_ce']['verdict'], by)} |\n")
     return md, buf.getvalue()
 
 # %% ../nbs/08b_eval_figures.ipynb #294b90b0

@@ -15,20 +15,38 @@ __all__ = ['BUILDERS', 'headline_table', 'draw', 'make_figures']
 # %% ../nbs/11_figures.ipynb #9f78133d
 def _pct(x): return "–" if x is None else f"{100 * x:.1f}%"
 
+def _claim(s:dict, key:str, digits:int=2) -> str:
+    "'mean [lo, hi]' of a summary's claim difference `key` (e.g. 'ghat_delta_ce'), '–' when absent."
+    ci, m = s.get(key + "_ci95"), s.get(key + "_mean")
+    if m is None: return "–"
+    return f"{m:+.{digits}g}" + ("" if ci is None else f" [{ci[0]:+.{digits}g}, {ci[1]:+.{digits}g}]")
+
+def _even_verdict(s:dict) -> str:
+    "AMAD groups against evenly spaced ones at Ĝ, by the 95% intervals of even − Ĝ (FVU; ΔCE)."
+    def one(k):
+        ci = s.get(f"even_delta_{k}_ci95")
+        if ci is None: return "–"
+        return "tie" if ci[0] <= 0 <= ci[1] else "AMAD better" if ci[0] > 0 else "even better"
+    return f"{one('fvu')}; {one('ce')}"
+
 def headline_table(summaries:dict # {row label: the content of a results/<preset>/summary.json}
                   ) -> str:
-    "Markdown table of measured headline numbers beside the paper's."
-    rows = ["| model | source | layers | Ĝ | baseline FVU | baseline ΔCE% | Ĝ FVU | Ĝ ΔCE% | saving at Ĝ (paper / fair) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    "Markdown table of measured headline numbers beside the paper's, one row per model."
+    rows = ["| model | source | layers | Ĝ (Ĝ/L) | AMAD(Ĝ) | baseline FVU | Ĝ FVU | baseline ΔCE% | Ĝ ΔCE% | Ĝ − baseline ΔFVU [95%] | "
+            "Ĝ − baseline ΔCE points [95%] | AMAD vs even at Ĝ (FVU; ΔCE) | saving at Ĝ (paper / fair) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         n = s.get("n_seeds", 1)
         pm = lambda k, f: f"{s[k]:{f}}" + (f" ± {s[k + '_seed_sd']:.2g}" if n > 1 and s.get(k + "_seed_sd") is not None else "")
-        rows.append(f"| {name} | measured here{f' ({n} seeds)' if n > 1 else ''} | {s['n_layers']} | {s['G_hat']} | {pm('baseline_fvu', '.3f')} | "
-                    f"{pm('baseline_delta_ce', '.2f')} | {pm('ghat_fvu', '.3f')} | {pm('ghat_delta_ce', '.2f')} | "
+        amad = "–" if s.get("amad_G_hat") is None else f"{s['amad_G_hat']:.3f}"
+        rows.append(f"| {name} | measured here{f' ({n} seeds)' if n > 1 else ''} | {s['n_layers']} | {s['G_hat']} ({s['G_hat'] / s['n_layers']:.2f}) | "
+                    f"{amad} | {pm('baseline_fvu', '.3f')} | {pm('ghat_fvu', '.3f')} | {pm('baseline_delta_ce', '.2f')} | {pm('ghat_delta_ce', '.2f')} | "
+                    f"{_claim(s, 'ghat_delta_fvu')} | {_claim(s, 'ghat_delta_ce')} | {_even_verdict(s)} | "
                     f"{_pct(s.get('compute_saving_paper'))} / {_pct(s.get('compute_saving_fair'))} |")
     for name, (bf, bc, gf, gc) in PAPER_HEADLINE.items():
-        L, g = PUBLISHED_PARTITIONS[name][:2]   # layers and Ĝ as the paper published them
-        rows.append(f"| {name} | paper | {L} | {g} | {bf:.3f} | {bc:.2f} | {gf:.3f} | {gc:.2f} | {_pct(PAPER_TABLE2[name]['saving'])} / – (Table 2) |")
+        L, g, a = PUBLISHED_PARTITIONS[name][:3]   # layers, Ĝ and AMAD(Ĝ) as the paper published them
+        rows.append(f"| {name} | paper | {L} | {g} ({g / L:.2f}) | {a:.3f} | {bf:.3f} | {gf:.3f} | {bc:.2f} | {gc:.2f} | {gf - bf:+.3f} | "
+                    f"{gc - bc:+.2f} | AMAD better; – (Table 1) | {_pct(PAPER_TABLE2[name]['saving'])} / – (Table 2) |")
     return "\n".join(rows) + "\n"
 
 # %% ../nbs/11_figures.ipynb #312e8475
