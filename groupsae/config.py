@@ -361,7 +361,7 @@ def _tiny() -> RunConfig:
         distances=DistanceConfig(n_tokens=2_048),
         sae=SAEConfig(expansion=4, k=8, dead_tokens=1_024),
         train=TrainConfig(n_tokens=4_096, checkpoint_every=4),
-        eval=EvalConfig(n_tokens=512, batch_size=4),
+        eval=EvalConfig(n_tokens=512, batch_size=4, claim_tokens=1_024, claim_layers=2, n_boot=200),
         interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024, model="tiny-llama"),
         similarity=SimilarityConfig(n_tokens=512, max_latents=64))
 

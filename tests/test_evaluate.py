@@ -179,8 +179,16 @@ def test_run_evaluation_end_to_end(tmp_path):
                       ("p", lambda: eval_figures.fig_per_layer(on_disk, 2))):
         b1 = savefig(fig(), name, "tiny", tmp_path).read_bytes()
         assert savefig(fig(), name, "tiny", tmp_path).read_bytes() == b1
-    md, csv = eval_figures.table1(on_disk)
-    assert md.count("\n") == 6 and csv.count("\n") == 5
+    md, csv = eval_figures.table1(on_disk)      # the tiny preset has a claim sample: intervals, and a G = 1 row
+    assert csv.count("\n") == 6 and all(f"| {n} |" in md for n in eval_figures.ARM_LABELS.values()) and "95% interval" in md
+    # the claim sample: every window of the held-out split, per-window sums on disk, intervals in the summary
+    assert on_disk["precision"]["n_ce_tokens"] == on_disk["n_ce_positions"] and on_disk["precision"]["ce_layers"] == [0, 2]
+    assert ev2["precision"]["n_ce_tokens"] == on_disk["n_ce_positions"] > ev2["n_ce_positions"]   # the curve's sample shrank, not the claims'
+    assert (rd / "eval_windows.json").exists()
+    s2 = load_json(rd / "summary.json")
+    for k in ("ghat", "even", "small", "g1"):
+        lo, hi = s2[f"{k}_delta_ce_ci95"]
+        assert lo <= s2[f"{k}_delta_ce_mean"] <= hi
 
 def test_missing_sae_names_train_stage(tmp_path):
     cfg, rd, plan = _study(tmp_path)
