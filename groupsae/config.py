@@ -347,8 +347,9 @@ def _gemma3_cpu() -> RunConfig:
         distances=DistanceConfig(n_tokens=100_000, centre=True),
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
         train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
-        # the per-G curve's ΔCE on 512 positions, the claim arms' on 4k positions at 4 layers: each costs LM-head passes
-        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16=True),
+        # every ΔCE position costs a 640 x 262,144 LM-head product (0.34 GFLOP): 265 pairs' ΔCE for the per-G curve on one
+        # window (256 positions), the claim arms' (49 pairs) on 4k positions at 4 layers; FVU of every pair on 8k tokens
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16=True),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))
 
