@@ -33,13 +33,13 @@ def _band(ax, x, s, m, **kw):
     return line
 
 def arm_point(ev:dict, arm:str, m:str) -> tuple:
-    "(mean, error bar) of a claim arm ('baseline', 'ghat', 'even', 'small') for metric m: over seeds when there are several, else seed 0 ± std over layers."
+    "(mean, error bar) of a claim arm ('baseline', 'ghat', 'even', 'small') for metric m: over seeds when every seed has m; else seed 0, ± std over layers with one seed (None with several: that std is not a seed spread)."
     sp = ev.get("seeds")
     if sp and sp["n_seeds"] > 1 and arm in sp["arms"] and m in sp["arms"][arm]:
         return sp["arms"][arm][m]["mean"], sp["arms"][arm][m]["sd"]
     kind, G = ("amad", ev["baseline_G"] if arm == "baseline" else ev["G_hat"]) if arm in ("baseline", "ghat") else (arm, ev["G_hat"])
     r = ev["settings"].get(kind, {}).get(str(G))
-    return (None, None) if r is None else (r["mean"][m], r["std"][m])
+    return (None, None) if r is None else (r["mean"][m], r["std"][m] if _n_seeds(ev) == 1 else None)
 
 def _n_seeds(ev:dict) -> int: return (ev.get("seeds") or {}).get("n_seeds", 1)
 
@@ -55,14 +55,14 @@ def fig_quality_vs_amad(ev:dict, metrics=("fvu", "delta_ce"), threshold:float|No
     for ax, m in zip(axs[0], metrics):
         _band(ax, x, s, m, label=SETTING_LABELS["amad"] + (", seed 0" if n > 1 else ""))
         base, gh = ev["settings"]["amad"].get(str(ev.get("baseline_G"))), ev["settings"]["amad"].get(str(ev.get("G_hat")))
-        spread = f" (mean ± sd, {n} seeds)" if n > 1 else ""
+        spread = f" (mean ± sd, {n} seeds)" if n > 1 and m in ((ev.get("seeds") or {}).get("arms", {}).get("ghat", {})) else ""
         if base:
             y, e = arm_point(ev, "baseline", m)
-            ax.errorbar([base["amad"] or 0.0], [y], yerr=[e] if n > 1 else None, marker="*", ms=12, color="k", ls="", capsize=3,
+            ax.errorbar([base["amad"] or 0.0], [y], yerr=[e] if n > 1 and e is not None else None, marker="*", ms=12, color="k", ls="", capsize=3,
                         label="per-layer baseline" + spread)
         if gh:
             y, e = arm_point(ev, "ghat", m)
-            ax.errorbar([gh["amad"]], [y], yerr=[e] if n > 1 else None, marker="o", ms=11, mfc="none", mec="C3", color="C3", ls="",
+            ax.errorbar([gh["amad"]], [y], yerr=[e] if n > 1 and e is not None else None, marker="o", ms=11, mfc="none", mec="C3", color="C3", ls="",
                         capsize=3, label=f"Ĝ = {ev['G_hat']}" + spread)
         if theta is not None: ax.axvline(theta, color="C3", ls="--", lw=1, label=f"θ = {theta:g}")
         for r in s:   # with many G the points near AMAD 0 crowd: label the small G, Ĝ and every fifth
@@ -119,7 +119,7 @@ def fig_per_layer(ev:dict, G:int, kind:str="amad", metrics=("fvu", "delta_ce"), 
     sp, n = ev.get("seeds"), _n_seeds(ev)
     arm = {("amad", ev.get("G_hat")): "ghat", ("even", ev.get("G_hat")): "even", ("small", ev.get("G_hat")): "small"}.get((kind, G))
     def bars(r, a, m):   # per-layer values and their sd over seeds, where the arm has seeds
-        if n > 1 and a in (sp or {}).get("arms", {}): return sp["arms"][a][m]["per_layer_mean"], sp["arms"][a][m]["per_layer_sd"]
+        if n > 1 and m in (sp or {}).get("arms", {}).get(a, {}): return sp["arms"][a][m]["per_layer_mean"], sp["arms"][a][m]["per_layer_sd"]
         return r["per_layer"][m], None
     layers = np.array(s["layers"])
     group_of = {l: i for i, g in enumerate(s["groups"]) for l in g}

@@ -79,18 +79,18 @@ def verdict(d:dict, lower_is_better:bool=True) -> str:
 
 def seed_spread(per_seed:dict, # {arm: [seed 0's summary, seed 1's, ...]} (summaries from `summarize`)
                 metrics=SEED_METRICS) -> dict:
-    "Each claim arm's layer-mean per seed with its mean ± sd over seeds, per-layer means and sds, and the paired differences."
+    "Each claim arm's layer-mean per seed with its mean ± sd over seeds, per-layer means and sds, and the paired differences (of the metrics every seed has)."
     arms = {}
     for arm, rows in per_seed.items():
         arms[arm] = {m: mean_sd([r["mean"][m] for r in rows]) | {"per_seed": [r["mean"][m] for r in rows],
                      "per_layer_mean": np.mean([r["per_layer"][m] for r in rows], 0).tolist(),
                      "per_layer_sd": (np.std([r["per_layer"][m] for r in rows], 0, ddof=1) if len(rows) > 1 else
-                                      np.zeros(len(rows[0]["layers"]))).tolist()} for m in metrics}
+                                      np.zeros(len(rows[0]["layers"]))).tolist()} for m in metrics if all(m in r["mean"] for r in rows)}
     diffs = {}
     for key, (a, b) in CLAIM_DIFFS.items():
         if a in arms and b in arms:
             diffs[key] = {m: (d := mean_sd(np.subtract(arms[a][m]["per_seed"], arms[b][m]["per_seed"]))) | {"verdict": verdict(d)}
-                          for m in metrics}
+                          for m in metrics if m in arms[a] and m in arms[b]}
     return {"n_seeds": min(len(r) for r in per_seed.values()), "arms": arms, "diffs": diffs}
 
 # %% ../nbs/08a_eval_report.ipynb #f9124797
@@ -100,10 +100,10 @@ def seed_summary(spread:dict) -> dict:
     out = {"n_seeds": spread["n_seeds"]}
     for arm in ("baseline", "ghat", "even", "small"):
         for m in ("fvu", "delta_ce"):
-            out[f"{arm}_{m}"], out[f"{arm}_{m}_seed_sd"] = a[arm][m]["mean"], a[arm][m]["sd"]
+            if m in a[arm]: out[f"{arm}_{m}"], out[f"{arm}_{m}_seed_sd"] = a[arm][m]["mean"], a[arm][m]["sd"]
     for prefix, key in (("ghat", "ghat_minus_baseline"), ("even", "even_minus_ghat"), ("small", "small_minus_ghat")):
         for m, short in (("fvu", "fvu"), ("delta_ce", "ce")):
-            out[f"{prefix}_delta_{short}_mean"], out[f"{prefix}_delta_{short}_sd"] = d[key][m]["mean"], d[key][m]["sd"]
+            if m in d[key]: out[f"{prefix}_delta_{short}_mean"], out[f"{prefix}_delta_{short}_sd"] = d[key][m]["mean"], d[key][m]["sd"]
     return out
 
 # %% ../nbs/08a_eval_report.ipynb #20716731

@@ -69,6 +69,53 @@ def delta_ce_pct(ce:float, clean_ce:float) -> float:
     "Relative increase of the cross-entropy, in percent."
     return 100 * (ce - clean_ce) / clean_ce
 
+# %% ../nbs/08_evaluate.ipynb #b83bb06c
+class CleanHead(NamedTuple):
+    "The clean next-token distribution at the scored positions, reduced to what the losses of a spliced pass need."
+    ce:torch.Tensor # [n] clean cross-entropy
+    kl_const:torch.Tensor # [n] Σ_v p_v log p_v − Σ_v p_v b_v (b: the LM head's bias, 0 without one)
+    p_w:torch.Tensor|None # [n, d_model] Σ_v p_v W_v, so that E_p[logit] = p_w · norm(h) + p·b; None for a non-linear head
+    logp:torch.Tensor|None # [n, vocab] clean log-probabilities, kept only for a non-linear head (a logit soft cap)
+
+def linear_head(model):
+    "The LM head as an nn.Linear when the logits are linear in the final norm's output (no soft cap), else None."
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return head if isinstance(head, torch.nn.Linear) and not cap else None
+
+def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+def clean_head(model, h:torch.Tensor, # [n, d_model] clean output of the last block at the scored positions
+               targets:torch.Tensor, # [n] next tokens
+               chunk:int=512) -> CleanHead:
+    "The clean losses' side of `head_losses`, one chunk of positions at a time (never the [n, vocab] logits at once)."
+    head, parts = linear_head(model), []
+    with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
+        for c in _chunks(len(h), chunk):
+            hn = final_norm(model)(h[c].float()) if head is not None else None
+            logp = (head(hn) if head is not None else unembed(model, h[c].float())).float().log_softmax(-1)
+            p = logp.exp()
+            ce = -logp.gather(-1, targets[c, None])[:, 0]
+            kl_const = (p * logp).sum(-1) - (p @ head.bias.float() if head is not None and head.bias is not None else 0)
+            parts.append((ce, kl_const, p @ head.weight.float() if head is not None else None, None if head is not None else logp))
+    cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])
+    return CleanHead(cat(0), cat(1), cat(2), cat(3))
+
+def head_losses(model, h:torch.Tensor, # [n, d_model] output of the last block of a spliced pass at the scored positions
+                targets:torch.Tensor, # [n]
+                clean:CleanHead, chunk:int=512):
+    "Per-position cross-entropy and KL(clean ‖ spliced), each [n], from logits made one chunk at a time: with a linear head KL = Σp log p − p·b + logsumexp(z) − p_w·norm(h)."
+    head, ce, kl = linear_head(model), [], []
+    with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
+        for c in _chunks(len(h), chunk):
+            hn = final_norm(model)(h[c].float()) if head is not None else None
+            z = (head(hn) if head is not None else unembed(model, h[c].float())).float()
+            lse = z.logsumexp(-1)
+            ce.append(lse - z.gather(-1, targets[c, None])[:, 0])
+            if head is not None: kl.append(clean.kl_const[c] + lse - (hn * clean.p_w[c]).sum(-1))
+            else: kl.append((clean.logp[c].exp() * (clean.logp[c] - z + lse[:, None])).sum(-1))
+    return torch.cat(ce), torch.cat(kl)
+
 # %% ../nbs/08_evaluate.ipynb #951d1ce3
 class CleanHead(NamedTuple):
     "The clean next-token distribution at the scored positions, reduced to what the losses of a spliced pass need."
@@ -285,7 +332,7 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
              special=(), # token ids whose positions are neither evaluated nor spliced
              batch_size:int=8,
              settings:dict|None=None, # {setting name: {layer: SAE name}} spliced all at once
-             ce:bool=True, # also ΔCE and KL of every pair
+             ce:bool|list=True, # ΔCE and KL on the first `ce_windows` windows: of every pair (True), none (False), or the listed pairs
              ce_windows:int|None=None, # every pair's ΔCE/KL (and the settings) on the first windows only; None = all
              progress:bool=True,
              claim_pairs=(), # pairs whose ΔCE/KL run on every window, kept per window
@@ -297,6 +344,7 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
     settings, L = settings or {}, len(blocks(model))
     pairs = list(dict.fromkeys((str(n), int(l)) for n, l in pairs))
     claim = set((str(n), int(l)) for n, l in claim_pairs)
+    curve = set(pairs) if ce is True else set() if ce is False else set((str(n), int(l)) for n, l in ce)
     kept_fvu = claim if window_pairs is None else set((str(n), int(l)) for n, l in window_pairs)
     if not (claim | kept_fvu) <= set(pairs): raise ValueError(f"claim/window pairs {sorted((claim | kept_fvu) - set(pairs))[:3]} are not among `pairs`. Fix: add them to pairs")
     used = set(pairs) | {(n, l) for s in settings.values() for l, n in s.items()}
@@ -310,14 +358,14 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
     n_fvu_w = W if fvu_windows is None else min(int(fvu_windows), W)
     rec = {p: ReconStats(saes[p[0]].W_dec.shape[0]) for p in pairs}
     fvu_w = {p: WindowSums(n_fvu_w, saes[p[0]].W_dec.shape[1]) for p in pairs if p in kept_fvu}
-    losses = {p: torch.zeros(W, 2, dtype=torch.float64) for p in pairs if ce or p in claim}     # per window: Σ CE, Σ KL
+    losses = {p: torch.zeros(W, 2, dtype=torch.float64) for p in pairs if p in curve or p in claim}     # per window: Σ CE, Σ KL
     sp = {s: torch.zeros(W, 2, dtype=torch.float64) for s in settings}
     n_pos, clean_w = torch.zeros(W, dtype=torch.float64), torch.zeros(W, dtype=torch.float64)
     secs = dict.fromkeys(("clean", "pairs", "spliced"), 0.0)
     todo = []   # per batch: (start, end, pairs with reconstruction metrics, pairs with ΔCE, settings)
     for b, e in _batches([0, n_ce_w, n_fvu_w, W], batch_size):
         rp = pairs if b < n_fvu_w else []
-        cp_ = [p for p in pairs if (ce and b < n_ce_w) or p in claim]
+        cp_ = [p for p in pairs if (p in curve and b < n_ce_w) or p in claim]
         todo.append((b, e, set(rp), set(cp_), settings if b < n_ce_w else {}))
     bar = tqdm(total=sum(len(r | c) + len(s) for _, _, r, c, s in todo), desc="evaluate", unit="pair", disable=not progress)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -358,12 +406,12 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
             sync(); secs["spliced"] += time.perf_counter() - t2
     bar.close()
     n_ce = int(n_pos[:n_ce_w].sum())
-    if not n_ce and (ce or settings or claim): raise ValueError("no scored positions: every window is special tokens only. Fix: check the windows and `special`")
+    if not n_ce and (curve or settings or claim): raise ValueError("no scored positions: every window is special tokens only. Fix: check the windows and `special`")
     clean_ce = clean_w[:n_ce_w].sum().item() / max(n_ce, 1)
     def nt_metrics(v):
         ce_, kl = (v[:n_ce_w].sum(0) / n_ce).tolist()
         return {"ce": ce_, "delta_ce": delta_ce_pct(ce_, clean_ce), "kl": kl}
-    out = {p: {"sae": p[0], "layer": p[1], "scale": scale[p], **rec[p].result(), **(nt_metrics(losses[p]) if ce else {})} for p in pairs}
+    out = {p: {"sae": p[0], "layer": p[1], "scale": scale[p], **rec[p].result(), **(nt_metrics(losses[p]) if p in curve else {})} for p in pairs}
     n_tok = next(iter(out.values()))["n_tokens"] if out else 0
     kept = {"n_positions": n_pos, "clean": clean_w, "n_ce_windows": n_ce_w, "n_fvu_windows": n_fvu_w,
             "ce": {p: losses[p] for p in pairs if p in claim}, "fvu": {p: v.result() for p, v in fvu_w.items()}}
@@ -439,8 +487,9 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     arms = claim_arms(plan, len(layers), g_hat)
     ce_layers = claim_layers(layers, e.claim_layers) if e.claim_tokens else []
     claim = [(a[l], l) for seeds in arms.values() for a in seeds for l in ce_layers]
+    curve = plan_pairs({k: s for k, s in plan.items() if not s.get("seed")})   # the per-G curve: seed 0 (replicas: FVU, and ΔCE on the claim sample)
     t0 = time.perf_counter()
-    res = evaluate(inp.model, windows, saes, pairs, scales, inp.special, e.batch_size, spliced,
+    res = evaluate(inp.model, windows, saes, pairs, scales, inp.special, e.batch_size, spliced, ce=curve,
                    ce_windows=windows_needed(ce_tokens, ctx) if ce_tokens else None, progress=progress, claim_pairs=claim,
                    fvu_windows=windows_needed(e.n_tokens, ctx), window_pairs=[(a[l], l) for seeds in arms.values() for a in seeds for l in layers],
                    bf16=e.bf16, chunk=e.head_chunk)
@@ -472,6 +521,8 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     summary = load_json(rd / "summary.json") if (rd / "summary.json").exists() else {}
     summary.update({"n_layers": L, "G_hat": g_hat, "amad_G_hat": groups["amad"][str(g_hat)], **seed_summary(spread),
                     **(precision_summary(precision) if precision else {}),
+                    # ΔCE's spread over seeds comes from the claim sample (the replicas are not on the curve's sample)
+                    **({f"{a}_delta_ce_seed_sd": precision["arms"][a]["delta_ce"]["sd_seed"] for a in seed0} if precision else {}),
                     **compute_savings(costs, g_hat, L), "eval_config_hash": cfg.hash()})
     save_json(summary, rd / "summary.json")
     if progress: print(f"evaluate: {len(pairs)} pairs ({len(claim)} on {int(res.windows['n_positions'].sum()):,} positions), "

@@ -35,7 +35,7 @@ def _check(p, again, rel):
 def test_tiny_study_windows_reproduce_intervals(tiny_study):
     res = tiny_study.root / "results" / "tiny"
     p, again = _recompute(res, get_preset("tiny"))
-    _check(p, again, rel=1e-4)
+    _check(p, again, rel=2e-3)                       # eval.json keeps 4 significant figures
     s = load_json(res / "summary.json")
     for key in ("n_ce_tokens", "ghat_delta_ce_ci95", "ghat_delta_fvu_ci95", "even_delta_ce_ci95"): assert key in s, key
     for key in ("ghat", "even", "small"):
@@ -46,7 +46,7 @@ def test_tiny_study_windows_reproduce_intervals(tiny_study):
 def test_embedded_default_windows_reproduce_intervals():
     res = repo_root() / "results" / "smollm2-cpu"
     p, again = _recompute(res, get_preset("smollm2-cpu"))
-    _check(p, again, rel=1e-3)                       # the saved sums carry 7 significant figures
+    _check(p, again, rel=2e-3)                       # eval.json keeps 4 significant figures, the saved sums 7
     s = load_json(res / "summary.json")
     assert s["n_ce_tokens"] >= 8192 and s["n_ce_tokens"] == p["n_ce_tokens"]
     assert s["ghat_delta_ce_ci95"] == pytest.approx(p["diffs"]["ghat"]["delta_ce"]["ci95"], rel=1e-3)
