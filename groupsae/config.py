@@ -329,9 +329,9 @@ def _smollm2_cpu() -> RunConfig:
         # 50 steps instead of the paper's ~7,600: 10x the paper's learning rate (same width rule) halves the FVU;
         # bf16 products on the CPU's matrix units, fp32 weights and Adam
         train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
-        # FVU of every pair on 8k tokens; the per-G curve's ΔCE on 1k tokens; the claim arms' ΔCE and KL on the whole
-        # held-out split at 8 fixed layers (08_evaluate: what fits the budget), the blocks under bf16 (bias measured there)
-        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=1_024, splice="ghat", claim_tokens=16_384, claim_layers=8, bf16=True),
+        # FVU of every pair on 8k tokens (33 windows); the claim arms' ΔCE and KL on the same 33 windows (8,415 positions) at
+        # 5 fixed layers, every seed; the per-G curve's ΔCE on 3 windows; blocks under bf16 (08_evaluate: cost and bias)
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=8_192, claim_layers=5, bf16=True),
         # SmolLM2 as its own judge is at chance on latents of known meaning (09b): the LLM path is off, the LLM-free measures run
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))

@@ -91,11 +91,15 @@ def _fig8(res, out, preset, root):
 def _scaling(res, out, preset, root):
     return [savefig(_mod("scaling").plot_scaling(load_json(res / "scaling.json")), "fig_scaling", preset, root)]
 
+def _circuits(res, out, preset, root):
+    return [savefig(_mod("circuits").plot_circuits(load_json(res / "circuits.json")), "fig_circuits", preset, root)]
+
 def _headline(res, out, preset, root):
     return [atomic_write(out / "headline.md", headline_table({preset: load_json(res / "summary.json")}))]
 
 BUILDERS = {"distances.json": _fig1, "groups.json": _fig2, "eval.json": _eval_figs, "interp.json": _fig5,
-            "costs.json": _table2, "similarity.json": _fig8, "summary.json": _headline, "scaling.json": _scaling}
+            "costs.json": _table2, "similarity.json": _fig8, "summary.json": _headline, "scaling.json": _scaling,
+            "circuits.json": _circuits}
 
 # %% ../nbs/11_figures.ipynb #c2e29c98
 def draw(preset:str, results_file:str, root=None) -> list:
