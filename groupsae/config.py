@@ -348,8 +348,9 @@ def _gemma3_cpu() -> RunConfig:
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
         train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
         # every ΔCE position costs a 640 x 262,144 LM-head product (0.34 GFLOP): 265 pairs' ΔCE for the per-G curve on one
-        # window (256 positions), the claim arms' (49 pairs) on 4k positions at 4 layers; FVU of every pair on 8k tokens
-        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16=True),
+        # window (256 positions), the claim arms' (49 pairs) on 4k positions at 4 layers (the claim pairs run on every
+        # evaluation window, so n_tokens = claim_tokens), and the FVU of every pair on the same 4k tokens
+        eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16=True),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))
 
