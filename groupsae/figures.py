@@ -5,12 +5,14 @@
 # %% ../nbs/11_figures.ipynb #a2c45e34
 from __future__ import annotations
 import importlib
+import numpy as np
 from pathlib import Path
 from .config import RunConfig, results_dir, figures_dir, savefig, load_json, atomic_write, use_style
 from .paper import PUBLISHED_PARTITIONS, PAPER_HEADLINE, PAPER_TABLE2
 
 # %% auto #0
-__all__ = ['BUILDERS', 'headline_table', 'draw', 'make_figures']
+__all__ = ['BUILDERS', 'MODEL_PRESETS', 'headline_table', 'model_comparison', 'model_table', 'make_comparison', 'draw',
+           'make_figures']
 
 # %% ../nbs/11_figures.ipynb #9f78133d
 def _pct(x): return "–" if x is None else f"{100 * x:.1f}%"
@@ -101,6 +103,64 @@ BUILDERS = {"distances.json": _fig1, "groups.json": _fig2, "eval.json": _eval_fi
             "costs.json": _table2, "similarity.json": _fig8, "summary.json": _headline, "scaling.json": _scaling,
             "circuits.json": _circuits}
 
+# %% ../nbs/11_figures.ipynb #ed5d6038
+MODEL_PRESETS = {"SmolLM2-135M": "smollm2-cpu", "Gemma 3 270M": "gemma3-cpu"}   # the real models this package runs offline
+
+def _groups_text(groups:list) -> str: return " / ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+
+def model_comparison(models:dict # {label: (content of distances.json, content of groups.json)}
+                    ):
+    "One figure: each model's angular-distance heatmap, and AMAD against G/L for all of them with θ, each Ĝ, and the paper's Pythia Ĝ."
+    import matplotlib.pyplot as plt
+    use_style()
+    n = len(models)
+    fig, axs = plt.subplots(1, n + 1, figsize=(3.6 * n + 4.6, 3.6), gridspec_kw={"width_ratios": [1] * n + [1.35]})
+    for ax, (label, (dist, _)) in zip(axs, models.items()):
+        d = np.asarray(dist["matrix"], dtype=float)
+        im = ax.imshow(np.ma.masked_where(np.triu(np.ones_like(d, dtype=bool), 1), d), cmap="viridis", vmin=0, vmax=0.6)
+        ax.set_title(f"{label}: {len(d)} layers", fontsize=10); ax.set_xlabel("layer"); ax.set_ylabel("layer"); ax.grid(False)
+    fig.colorbar(im, ax=axs[n - 1], fraction=0.046, pad=0.04, label="angular distance")
+    ax = axs[-1]
+    theta = None
+    for i, (label, (_, g)) in enumerate(models.items()):
+        L, amads = len(g["layers"]) + 1, {int(k): v for k, v in g["amad"].items()}
+        Gs = sorted(amads)
+        line, = ax.plot([G / L for G in Gs], [amads[G] for G in Gs], marker="o", ms=3, lw=1.2, color=f"C{i}", label=label)
+        gh = int(g["G_hat"])
+        ax.plot([gh / L], [amads[gh]], marker="o", ms=10, mfc="none", mec=line.get_color(), mew=2,
+                label=f"{label}: Ĝ = {gh} (Ĝ/L {gh / L:.2f})")
+        theta = g.get("threshold", theta)
+    for j, (name, (L, gh, a, _)) in enumerate(PUBLISHED_PARTITIONS.items()):
+        ax.plot([gh / L], [a], marker="*", ms=11, ls="", color=f"C{len(models) + j}", label=f"{name} (paper): Ĝ = {gh} (Ĝ/L {gh / L:.2f})")
+    if theta is not None: ax.axhline(theta, color="k", ls="--", lw=0.8, label=f"θ = {theta:g}")
+    ax.set_xlabel("G / L (number of groups per layer of the model)"); ax.set_ylabel("AMAD(G)"); ax.set_xlim(0, 1)
+    ax.legend(fontsize=6.5, loc="upper right")
+    ax.set_title("AMAD against G/L (the paper published only Ĝ)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def model_table(models:dict) -> str:
+    "Markdown: per model the layers, Ĝ, Ĝ/L, AMAD(Ĝ) and the groups at Ĝ, beside the paper's Pythia."
+    rows = ["| model | source | layers | Ĝ | Ĝ/L | AMAD(Ĝ) | groups at Ĝ (last layer apart) |", "|---|---|---|---|---|---|---|"]
+    for label, (_, g) in models.items():
+        L, gh = len(g["layers"]) + 1, int(g["G_hat"])
+        rows.append(f"| {label} | measured here | {L} | {gh} | {gh / L:.2f} | {g['amad'][str(gh)]:.3f} | {_groups_text(g['partitions'][str(gh)])} |")
+    for name, (L, gh, a, groups) in PUBLISHED_PARTITIONS.items():
+        rows.append(f"| {name} | paper | {L} | {gh} | {gh / L:.2f} | {a:.3f} | {_groups_text(groups)} |")
+    return "\n".join(rows) + "\n"
+
+def make_comparison(root=None, presets:dict=MODEL_PRESETS, log=print) -> list:
+    "figures/models/: the models side by side (heatmaps, AMAD against G/L, the Ĝ table) and the headline table with one row per model, from the results each preset has."
+    use_style()
+    have = {lab: p for lab, p in presets.items() if (results_dir(p, root) / "groups.json").exists() and (results_dir(p, root) / "distances.json").exists()}
+    if len(have) < 2: log(f"figures: model comparison skipped, results for {sorted(have) or 'no model'} only"); return []
+    models = {lab: (load_json(results_dir(p, root) / "distances.json"), load_json(results_dir(p, root) / "groups.json")) for lab, p in have.items()}
+    out = figures_dir("models", root)
+    paths = [savefig(model_comparison(models), "fig_models", "models", root), atomic_write(out / "table_models.md", model_table(models))]
+    sums = {lab: load_json(results_dir(p, root) / "summary.json") for lab, p in have.items() if (results_dir(p, root) / "summary.json").exists()}
+    if sums: paths.append(atomic_write(out / "headline.md", headline_table(sums)))
+    return paths
+
 # %% ../nbs/11_figures.ipynb #c2e29c98
 def draw(preset:str, results_file:str, root=None) -> list:
     "Draw the figures and tables of one results file (stages call this right after writing it)."
@@ -117,5 +177,6 @@ def make_figures(cfg:RunConfig|str, root=None, log=print) -> dict:
         if not (res / fname).exists(): skipped.append(fname); continue
         made[fname] = [Path(p).name for p in draw(preset, fname, root)]
     if skipped: log(f"figures: no {', '.join(skipped)} in {res} yet; their figures are skipped (run the stages that write them)")
+    if models := make_comparison(root, log=log): made["models"] = [Path(p).name for p in models]   # every model with results, side by side
     log(f"figures: {sum(map(len, made.values()))} files in {out}")
     return made
