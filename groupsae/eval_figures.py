@@ -93,13 +93,15 @@ def fig_quality_vs_compute(ev:dict, costs:dict, metrics=("fvu", "delta_ce"), fai
     for ax, m in zip(axs[0], metrics):
         _band(ax, x, s, m, label=SETTING_LABELS["amad"] + (", seed 0" if n > 1 else ""))
         y, e = arm_point(ev, "baseline", m)
-        if y is not None and n > 1: ax.errorbar([1.0], [y], yerr=[e], marker="*", ms=12, color="k", ls="", capsize=3, label="per-layer baseline" + spread)
+        if y is not None and n > 1: ax.errorbar([1.0], [y], yerr=None if e is None else [e], marker="*", ms=12, color="k", ls="", capsize=3,
+                                                label="per-layer baseline" + (spread if e is not None else ", seed 0"))
         for arm, kind, mk, dx, kw in (("ghat", "amad", "o", 0.0, dict(mfc="none", mec="C3", color="C3", ms=11)),
                                       ("even", "even", "s", -0.015, {}), ("small", "small", "^", 0.015, {})):   # nudged apart: same compute
             y, e = arm_point(ev, arm, m)
             if y is None: continue
             label = f"Ĝ = {ev['G_hat']}" if arm == "ghat" else SETTING_LABELS[kind]
-            ax.errorbar([xg + dx * span], [y], yerr=[e], marker=mk, ls="", capsize=3, label=label + spread, **kw)
+            ax.errorbar([xg + dx * span], [y], yerr=None if e is None else [e], marker=mk, ls="", capsize=3,   # None: a seed-0 value only
+                        label=label + (spread if e is not None else ", seed 0"), **kw)
         ax.set_xlabel("training compute / baseline" + ("" if fair else " (paper's accounting)"))
         ax.set_ylabel(METRIC_LABELS.get(m, m))
     axs[0][0].legend(loc="best", fontsize=7)

@@ -116,53 +116,6 @@ def head_losses(model, h:torch.Tensor, # [n, d_model] output of the last block o
             else: kl.append((clean.logp[c].exp() * (clean.logp[c] - z + lse[:, None])).sum(-1))
     return torch.cat(ce), torch.cat(kl)
 
-# %% ../nbs/08_evaluate.ipynb #951d1ce3
-class CleanHead(NamedTuple):
-    "The clean next-token distribution at the scored positions, reduced to what the losses of a spliced pass need."
-    ce:torch.Tensor # [n] clean cross-entropy
-    kl_const:torch.Tensor # [n] Σ_v p_v log p_v − Σ_v p_v b_v (b: the LM head's bias, 0 without one)
-    p_w:torch.Tensor|None # [n, d_model] Σ_v p_v W_v, so that E_p[logit] = p_w · norm(h) + p·b; None for a non-linear head
-    logp:torch.Tensor|None # [n, vocab] clean log-probabilities, kept only for a non-linear head (a logit soft cap)
-
-def linear_head(model):
-    "The LM head as an nn.Linear when the logits are linear in the final norm's output (no soft cap), else None."
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return head if isinstance(head, torch.nn.Linear) and not cap else None
-
-def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-def clean_head(model, h:torch.Tensor, # [n, d_model] clean output of the last block at the scored positions
-               targets:torch.Tensor, # [n] next tokens
-               chunk:int=512) -> CleanHead:
-    "The clean losses' side of `head_losses`, one chunk of positions at a time (never the [n, vocab] logits at once)."
-    head, parts = linear_head(model), []
-    with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
-        for c in _chunks(len(h), chunk):
-            hn = final_norm(model)(h[c].float()) if head is not None else None
-            logp = (head(hn) if head is not None else unembed(model, h[c].float())).float().log_softmax(-1)
-            p = logp.exp()
-            ce = -logp.gather(-1, targets[c, None])[:, 0]
-            kl_const = (p * logp).sum(-1) - (p @ head.bias.float() if head is not None and head.bias is not None else 0)
-            parts.append((ce, kl_const, p @ head.weight.float() if head is not None else None, None if head is not None else logp))
-    cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])
-    return CleanHead(cat(0), cat(1), cat(2), cat(3))
-
-def head_losses(model, h:torch.Tensor, # [n, d_model] output of the last block of a spliced pass at the scored positions
-                targets:torch.Tensor, # [n]
-                clean:CleanHead, chunk:int=512):
-    "Per-position cross-entropy and KL(clean ‖ spliced), each [n], from logits made one chunk at a time: with a linear head KL = Σp log p − p·b + logsumexp(z) − p_w·norm(h)."
-    head, ce, kl = linear_head(model), [], []
-    with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
-        for c in _chunks(len(h), chunk):
-            hn = final_norm(model)(h[c].float()) if head is not None else None
-            z = (head(hn) if head is not None else unembed(model, h[c].float())).float()
-            lse = z.logsumexp(-1)
-            ce.append(lse - z.gather(-1, targets[c, None])[:, 0])
-            if head is not None: kl.append(clean.kl_const[c] + lse - (hn * clean.p_w[c]).sum(-1))
-            else: kl.append((clean.logp[c].exp() * (clean.logp[c] - z + lse[:, None])).sum(-1))
-    return torch.cat(ce), torch.cat(kl)
-
 # %% ../nbs/08_evaluate.ipynb #c644ad34
 class _Stop(Exception): "Ends a forward pass after the last block."
 
