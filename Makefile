@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= smollm2-cpu
 
-.PHONY: install test reproduce scaling lab bench readme clean-nbs check nbs docs
+.PHONY: install test reproduce scaling circuits lab bench readme clean-nbs check nbs docs
 
 NB_WORKERS ?= 2
 # Debian's Chromium and its WebDriver, for the test that opens the docs site in a real headless browser
@@ -48,12 +48,18 @@ reproduce: $(STAMP)
 scaling: $(STAMP)
 	$(BIN)/groupsae scaling --preset $(PRESET)
 
+# Circuit faithfulness (09f_circuits), after `make reproduce`: attribution-patched circuits of the baseline, G-hat, G = 1 and even SAEs
+circuits: $(STAMP)
+	$(BIN)/groupsae circuits --preset $(PRESET)
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir nbs
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_extract.py --rounds 9 --batches 3
 	$(BIN)/python bench/bench_sae.py
+	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_contention.py
 
 # Re-execute every notebook in place (unflagged cells, as nbdev_test runs them) and store the outputs; a
 # second run changes nothing. Commit the notebooks afterwards.
