@@ -202,8 +202,8 @@ def table1(ev:dict) -> tuple:
                "(seeds: t with n − 1 df; evaluation sample: paired bootstrap over windows). A difference whose interval holds 0 "
                "is a tie; G = 1 has one seed, so its interval covers the evaluation sample only.\n\n"
                "| difference | ΔFVU | ΔCE points | ΔKL | verdict (FVU) | verdict (ΔCE) |\n|---|---|---|---|---|---|\n")
-        for key, d in p["diffs"].items():
-            a, b = DIFF_LABELS[key]
+        for key in (k for k in DIFF_LABELS if k in p["diffs"]):   # the claims' order, whatever the file's key order
+            d, (a, b) = p["diffs"][key], DIFF_LABELS[key]
             md += (f"| {a} − {b} | {_ci(d['fvu'], 2)} | {_ci(d['delta_ce'], 2)} | {_ci(d['kl'], 2)} | "
                    f"{_verdict_text(key, d['fvu']['verdict'])} | {_verdict_text(key, d['delta_ce']['verdict'])} |\n")
     elif n > 1 and (ev.get("seeds") or {}).get("diffs"):
