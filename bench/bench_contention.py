@@ -4,7 +4,7 @@ Issue: beside a second busy PyTorch process (even at nice 19) the train step of 
 on 2 cores, not two-fold. Suspect: OpenMP threads spin while they wait for a descheduled sibling at the end of every
 parallel region. Each configuration runs in a fresh process (OMP_WAIT_POLICY is read when the OpenMP runtime loads):
 the step of 4 TopK SAEs (d_model 576, 4x, k 32, batches of 2,048 tokens, bf16 products: the smollm2-cpu preset's shape)
-timed alone, then beside a competitor (another PyTorch process doing 2-thread matmuls at nice 19).
+timed alone, then beside a competitor (another PyTorch process doing 2-thread matmuls), at nice 19 and at nice 0.
 Prints ms per SAE step for each, and the slowdown ratio loaded/alone. Run alone on the machine:
 .venv/bin/python bench/bench_contention.py [--seconds 12]
 """
@@ -33,9 +33,10 @@ a = torch.randn(1024, 1024)
 while True: a = torch.tanh(a @ a) 
 '''
 
-def step_ms(threads, policy, seconds, loaded):
+def step_ms(threads, policy, seconds, nice=None):
+    "ms per SAE step in a fresh process; beside a competitor at niceness `nice` (None: alone)."
     env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    comp = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", LOAD], env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}) if loaded else None
+    comp = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", LOAD], env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}) if nice is not None else None
     try:
         if comp: time.sleep(2)   # let the competitor start computing
         out = subprocess.run([sys.executable, "-c", STEP, str(threads), str(seconds)], env=env, capture_output=True, text=True, check=True)
@@ -49,11 +50,12 @@ def main():
     args = ap.parse_args()
     res = {}
     for threads, policy in ((2, "ACTIVE"), (2, "PASSIVE"), (1, "PASSIVE")):
-        alone, loaded = (step_ms(threads, policy, args.seconds, l) for l in (False, True))
-        res[(threads, policy)] = (alone, loaded)
-        print(f"threads={threads} OMP_WAIT_POLICY={policy:7s} alone {alone:6.1f} ms/SAE step  beside a nice-19 competitor {loaded:7.1f} ms  "
-              f"slowdown {loaded / alone:.2f}x")
+        alone, n19, n0 = (step_ms(threads, policy, args.seconds, n) for n in (None, 19, 0))
+        res[(threads, policy)] = (alone, n19, n0)
+        print(f"threads={threads} OMP_WAIT_POLICY={policy:7s} alone {alone:6.1f} ms/SAE step  beside a competitor at nice 19 {n19:7.1f} ms "
+              f"({n19 / alone:.2f}x), at nice 0 {n0:7.1f} ms ({n0 / alone:.2f}x)")
     a, p = res[(2, "ACTIVE")], res[(2, "PASSIVE")]
-    print(f"contention_slowdown_active={a[1] / a[0]:.2f} contention_slowdown_passive={p[1] / p[0]:.2f} passive_cost_alone={p[0] / a[0]:.2f}")
+    print(f"contention_slowdown_active={a[2] / a[0]:.2f} contention_slowdown_passive={p[2] / p[0]:.2f} "
+          f"contention_slowdown_nice19_active={a[1] / a[0]:.2f} passive_cost_alone={p[0] / a[0]:.2f}")
 
 if __name__ == "__main__": main()
