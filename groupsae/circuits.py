@@ -20,7 +20,7 @@ __all__ = ['TASKS', 'NAMES', 'PLACES', 'OBJECTS', 'NOUNS', 'PREPS', 'VERBS', 'EV
            'STUDY_TASKS', 'ARM_LABELS', 'ARM_STYLE', 'Example', 'prefix_ids', 'single_tokens', 'digit_mode',
            'make_task', 'TaskBatch', 'task_batch', 'task_metric', 'run_with', 'LayerSAE', 'layer_saes', 'dense_codes',
            'split_node', 'Attribution', 'Grads', 'residual_grads', 'attribute', 'exact_effects', 'Means', 'node_means',
-           'ablate', 'circuit_metric', 'model_metric', 'circuit_masks', 't_grid', 'faithfulness', 'auc',
+           'ablate', 'circuit_metric', 'model_metric', 'circuit_masks', 't_grid', 'faithfulness', 'curve_auc',
            'circuit_curves', 'circuit_arms', 'split_fit_test', 'attribution_check', 'circuit_summary', 'run_circuits',
            'plot_circuits']
 
@@ -344,7 +344,7 @@ def faithfulness(m_c:float, m_empty:float, m_full:float) -> float:
     "F = (m(C) - m(∅)) / (m(M) - m(∅))."
     return (m_c - m_empty) / (m_full - m_empty)
 
-def auc(Ts:list, f:list) -> float:
+def curve_auc(Ts:list, f:list) -> float:
     "Area under F against T, normalised by the T range (1: faithful at every T)."
     Ts, f = np.asarray(Ts, float), np.asarray(f, float)
     return float(np.trapezoid(f, Ts) / (Ts[-1] - Ts[0])) if len(Ts) > 1 else float(f[0])
@@ -368,7 +368,7 @@ def circuit_curves(model, ls:dict, fit:TaskBatch, # examples for the attribution
     faith = [faithfulness(m(*circuit_masks(scores, err_scores, T, errors)), m_empty, m_full) for T in Ts]
     comp = [faithfulness(m(*circuit_masks(scores, err_scores, T, errors, complement=True)), m_empty, m_full) for T in Ts_complete]
     lat_mass, err_mass = sum(s.abs().sum().item() for s in scores.values()), sum(abs(v) for v in err_scores.values())
-    return {"faithfulness": faith, "completeness": comp, "auc": auc(Ts, faith), "all_latents": faithfulness(m_all, m_empty, m_full),
+    return {"faithfulness": faith, "completeness": comp, "auc": curve_auc(Ts, faith), "all_latents": faithfulness(m_all, m_empty, m_full),
             "m_full": m_full, "m_empty": m_empty, "error_share": err_mass / (lat_mass + err_mass)}
 
 # %% ../nbs/09f_circuits.ipynb #68051ed0

@@ -96,7 +96,7 @@ def test_masks_and_sweep():
     keep, ke = ci.circuit_masks(s, {0: 0.0, 1: 9.0}, 2, "node", complement=True)
     assert keep[1].tolist() == [False, True, True, True] and ke == {0: True, 1: False}
     assert ci.t_grid(2304, 16)[0] == 4 and ci.t_grid(2304, 16)[-1] == 460 and len(ci.t_grid(2304, 8)) == 8
-    assert ci.auc([4, 8, 16], [1, 1, 1]) == pytest.approx(1.0) and ci.faithfulness(3.0, 1.0, 5.0) == 0.5
+    assert ci.curve_auc([4, 8, 16], [1, 1, 1]) == pytest.approx(1.0) and ci.faithfulness(3.0, 1.0, 5.0) == 0.5
 
 def _tiny_study(root, seeds=2):
     groups = {"layers": [0, 1, 2], "G_hat": 2, "partitions": {"1": [[0, 1, 2]], "2": [[0, 1], [2]], "3": [[0], [1], [2]]},
