@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from .config import RunConfig, load_json, results_dir, save_json
 from .models import blocks, block_output, unembed
-from .evaluate import clean_pass, forward_from_layer, layer_scale, load_saes
+from .evaluate import clean_pass, forward_from_layer, layer_scale, load_saes, spliced_forward
 from .eval_report import eval_plan
 from .sae import decode_sparse
 
@@ -161,29 +161,12 @@ def task_metric(logits:torch.Tensor, # [n, vocab] logits at the last position
     return _lse(logp, good) - _lse(logp, bad)
 
 # %% ../nbs/09f_circuits.ipynb #683dd3f6
-class _Stop(Exception): "Ends a forward pass after the last block."
-
 def run_with(model, ids:torch.Tensor, # [n, seq]
              replace:dict, # {layer: function h -> h on that block's output}
              grad:bool=False) -> torch.Tensor:
     "Last-position logits [n, vocab] of a forward in which block l's output h becomes replace[l](h), later blocks seeing the change; with autograd if `grad`."
-    bl = blocks(model)
-    last, kept = len(bl) - 1, {}
-    def hook(i):
-        def f(module, args, out):
-            h = block_output(out)
-            if i in replace: h = replace[i](h)
-            if i == last: kept["h"] = h; raise _Stop
-            if i in replace: return (h, *out[1:]) if isinstance(out, tuple) else h
-        return f
-    hs = [bl[i].register_forward_hook(hook(i)) for i in sorted(set(replace) | {last})]
-    ctx = torch.enable_grad if grad else torch.inference_mode
-    try:
-        with ctx(): model(input_ids=ids, use_cache=False)
-    except _Stop: pass
-    finally:
-        for h in hs: h.remove()
-    with ctx(): return unembed(model, kept["h"][:, -1])
+    h = spliced_forward(model, ids, replace, head=False, grad=grad)[:, -1]
+    with (torch.enable_grad if grad else torch.inference_mode)(): return unembed(model, h)
 
 class LayerSAE(NamedTuple):
     "The SAE serving one layer and that layer's own input scale."

@@ -203,7 +203,9 @@ def splice(sae, scale:float, keep:torch.Tensor) -> Callable:
 def spliced_forward(model, input_ids:torch.Tensor, replace:dict, # {layer: function on that block's output}
                     positions:torch.Tensor|None=None,
                     head:bool=True, # False: return the last block's output instead of the logits
-                    bf16:bool=False) -> torch.Tensor:
+                    bf16:bool=False,
+                    grad:bool=False # keep the autograd graph (attribution patching backpropagates through it)
+                   ) -> torch.Tensor:
     "Logits (or last-block output) of a full forward in which block l's output h becomes replace[l](h), later blocks seeing the change."
     bl = blocks(model)
     last = len(bl) - 1
@@ -218,14 +220,15 @@ def spliced_forward(model, input_ids:torch.Tensor, replace:dict, # {layer: funct
             if i in replace: return (h, *out[1:]) if isinstance(out, tuple) else h
         return f
     hs = [bl[i].register_forward_hook(hook(i)) for i in sorted(set(replace) | {last})]
+    mode = torch.enable_grad if grad else torch.inference_mode
     try:
-        with torch.inference_mode(), body_autocast(input_ids.device, bf16): model(input_ids=input_ids, use_cache=False)
+        with mode(), body_autocast(input_ids.device, bf16): model(input_ids=input_ids, use_cache=False)
     except _Stop: pass
     finally:
         for h in hs: h.remove()
     h = kept["h"] if positions is None else kept["h"][positions]
     if not head: return h
-    with torch.inference_mode(): return unembed(model, h)
+    with mode(): return unembed(model, h)
 
 # %% ../nbs/08_evaluate.ipynb #d764607f
 def layer_scale(sae, layer:int, scales:dict|None=None) -> float:
