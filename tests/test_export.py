@@ -128,7 +128,7 @@ def test_evaluate_external_matches_our_baseline_exported(tmp_path):
     from groupsae.cli import main
     from groupsae.config import get_preset, override, runs_dir
     sets = ["data.n_train_tokens=2048", "data.n_eval_tokens=512", "train.n_tokens=2048", "activations.n_scale_tokens=256",
-            "distances.n_tokens=1024", "eval.n_tokens=256", "eval.ce_tokens=96"]
+            "distances.n_tokens=1024", "eval.n_tokens=256", "eval.ce_tokens=96", "eval.claim_tokens=256"]
     args = [a for kv in sets for a in ("--set", kv)]
     for stage in ("activations", "distances", "group", "train"):
         assert main([stage, "--preset", "tiny", *args, "--out", str(tmp_path)]) == 0

@@ -20,7 +20,8 @@ VARIANTS = {a: (a, {}) for a in TINY_ARCHS} | {"opt-350m": ("opt", dict(do_layer
 # the stages of the issue, and the compute model ("costs") where the command line runs it as a stage of its own
 STAGES = tuple(s for s in ("activations", "distances", "group", "costs", "train", "evaluate", "similarity") if s in STAGE_NAMES)
 SMALL = ["data.n_train_tokens=2048", "data.n_eval_tokens=512", "train.n_tokens=2048", "activations.n_scale_tokens=256",
-         "distances.n_tokens=1024", "eval.n_tokens=128", "eval.ce_tokens=64", "eval.splice=ghat", "similarity.n_tokens=128"]
+         "distances.n_tokens=1024", "eval.n_tokens=128", "eval.ce_tokens=64", "eval.splice=ghat", "eval.claim_tokens=128",
+         "similarity.n_tokens=128"]
 
 def test_every_family_has_a_tiny_model():
     assert set(TINY_ARCHS) == {"neox", "llama", "mistral", "qwen2", "gemma2", "gemma3", "gpt2", "opt"}
