@@ -477,7 +477,9 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     summary = load_json(rd / "summary.json") if (rd / "summary.json").exists() else {}
     summary.update({"n_layers": L, "G_hat": g_hat, "amad_G_hat": groups["amad"][str(g_hat)], **seed_summary(spread),
                     **(precision_summary(precision) if precision else {}),
-                    # ΔCE's spread over seeds comes from the claim sample (the replicas are not on the curve's sample)
+                    # ΔCE of an arm whose replicas are not on the curve's sample: seed 0's mean over the grouped layers;
+                    # its spread over seeds comes from the claim sample
+                    **{f"{a}_delta_ce": seed0[a]["mean"]["delta_ce"] for a in seed0 if "delta_ce" not in spread["arms"][a]},
                     **({f"{a}_delta_ce_seed_sd": precision["arms"][a]["delta_ce"]["sd_seed"] for a in seed0} if precision else {}),
                     **compute_savings(costs, g_hat, L), "eval_config_hash": cfg.hash()})
     save_json(summary, rd / "summary.json")

@@ -50,3 +50,6 @@ def test_embedded_default_windows_reproduce_intervals():
     s = load_json(res / "summary.json")
     assert s["n_ce_tokens"] >= 8192 and s["n_ce_tokens"] == p["n_ce_tokens"]
     assert s["ghat_delta_ce_ci95"] == pytest.approx(p["diffs"]["ghat"]["delta_ce"]["ci95"], rel=1e-3)
+    ev = load_json(res / "eval.json")   # every arm's ΔCE key is this evaluation's (seed 0's curve: the replicas are not on it)
+    for arm, (kind, G) in {"baseline": ("amad", ev["baseline_G"]), "ghat": ("amad", ev["G_hat"]), "even": ("even", ev["G_hat"])}.items():
+        assert s[f"{arm}_delta_ce"] == pytest.approx(ev["settings"][kind][str(G)]["mean"]["delta_ce"], rel=1e-3), arm
