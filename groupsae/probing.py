@@ -46,7 +46,7 @@ def logistic_fit(x:np.ndarray, # [n, d] features
     w, b = np.zeros(x.shape[1]), 0.0
     fx = f(w, b)
     for _ in range(max_iter):
-        p = 1 / (1 + np.exp(-(x @ w + b)))
+        p = np.exp(-np.logaddexp(0, -(x @ w + b)))   # sigmoid without overflow (Gemma's residual norms reach 1e4)
         g_w, g_b = w + C * x.T @ (p - y), C * float((p - y).sum())
         s_w, s_b = _newton_step(x, K, p * (1 - p), g_w, g_b, C)
         t, slope = 1.0, g_w @ s_w + g_b * s_b
