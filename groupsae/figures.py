@@ -8,11 +8,11 @@ import importlib
 import numpy as np
 from pathlib import Path
 from .config import RunConfig, results_dir, figures_dir, savefig, load_json, atomic_write, use_style
-from .paper import PUBLISHED_PARTITIONS, PAPER_HEADLINE, PAPER_TABLE2
+from .paper import PUBLISHED_PARTITIONS, PAPER_HEADLINE, PAPER_TABLE2, PAPER_INTERP_GAPS, PAPER_SAVING_RANGE
 
 # %% auto #0
-__all__ = ['BUILDERS', 'MODEL_PRESETS', 'headline_table', 'model_comparison', 'model_table', 'make_comparison', 'draw',
-           'make_figures']
+__all__ = ['BUILDERS', 'MODEL_PRESETS', 'MIN_CIRCUIT_ACCURACY', 'CLAIMS', 'headline_table', 'model_comparison', 'model_table',
+           'make_comparison', 'claim_verdicts', 'draw', 'make_figures']
 
 # %% ../nbs/11_figures.ipynb #9f78133d
 def _pct(x): return "–" if x is None else f"{100 * x:.1f}%"
@@ -150,7 +150,7 @@ def model_table(models:dict) -> str:
     return "\n".join(rows) + "\n"
 
 def make_comparison(root=None, presets:dict=MODEL_PRESETS, log=print) -> list:
-    "figures/models/: the models side by side (heatmaps, AMAD against G/L, the Ĝ table) and the headline table with one row per model, from the results each preset has."
+    "figures/models/: the models side by side (heatmaps, AMAD against G/L, the Ĝ table), the headline table with one row per model and the paper's claims model by model (`claim_verdicts`), from the results each preset has."
     use_style()
     have = {lab: p for lab, p in presets.items() if (results_dir(p, root) / "groups.json").exists() and (results_dir(p, root) / "distances.json").exists()}
     if len(have) < 2: log(f"figures: model comparison skipped, results for {sorted(have) or 'no model'} only"); return []
@@ -159,7 +159,104 @@ def make_comparison(root=None, presets:dict=MODEL_PRESETS, log=print) -> list:
     paths = [savefig(model_comparison(models), "fig_models", "models", root), atomic_write(out / "table_models.md", model_table(models))]
     sums = {lab: load_json(results_dir(p, root) / "summary.json") for lab, p in have.items() if (results_dir(p, root) / "summary.json").exists()}
     if sums: paths.append(atomic_write(out / "headline.md", headline_table(sums)))
+    if len(sums) >= 2:   # the paper's claims, model by model (the intervals' baseline means are in eval.json)
+        ev = {lab: results_dir(have[lab], root) / "eval.json" for lab in sums}
+        prec = {lab: load_json(f).get("precision") if f.exists() else None for lab, f in ev.items()}
+        paths.append(atomic_write(out / "claims.md", claim_verdicts({lab: (s, prec[lab]) for lab, s in sums.items()})))
     return paths
+
+# %% ../nbs/11_figures.ipynb #31ad2cde
+_GL_RANGE = (min(g / L for L, g, *_ in PUBLISHED_PARTITIONS.values()), max(g / L for L, g, *_ in PUBLISHED_PARTITIONS.values()))
+_REL_COST = max(max((gf - bf) / bf, (gc - bc) / bc) for bf, bc, gf, gc in PAPER_HEADLINE.values())   # Ĝ's largest relative cost in the paper
+
+def _ratio(s:dict, p) -> tuple:
+    r = round(s["G_hat"] / s["n_layers"], 2)
+    return f"Ĝ/L {r:.2f}", _GL_RANGE[0] <= r <= _GL_RANGE[1]
+
+def _saving(s:dict, p) -> tuple:
+    if s.get("compute_saving_paper") is None: return "not measured", None
+    return f"{_pct(s['compute_saving_paper'])}; {_pct(s.get('compute_saving_fair'))}", s["compute_saving_paper"] >= PAPER_SAVING_RANGE[0]
+
+_ARM_METRIC = {"fvu": "fvu", "ce": "delta_ce", "kl": "kl"}   # summary.json's metric names -> eval.json's precision section's
+
+def _rel_cost(metric:str):
+    "Ĝ − baseline on the claim sample over the baseline's mean on that sample; held when its interval reaches down to the paper's cost."
+    def judge(s:dict, prec:dict|None) -> tuple:
+        ci = s.get(f"ghat_delta_{metric}_ci95")
+        base = ((prec or {}).get("arms", {}).get("baseline", {}).get(_ARM_METRIC[metric]) or {}).get("mean")
+        if ci is None or not base: return "not measured", None
+        m, lo, hi = s[f"ghat_delta_{metric}_mean"] / base, ci[0] / base, ci[1] / base
+        return f"{100 * m:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]", lo <= _REL_COST
+    return judge
+
+def _beats(control:str, metric:str):
+    "AMAD at Ĝ against a control, by the 95% interval of control − Ĝ: held when it lies above 0."
+    def judge(s:dict, p) -> tuple:
+        key = f"{control}_delta_{metric}"
+        if (ci := s.get(key + "_ci95")) is None: return "not measured", None
+        v = "AMAD better" if ci[0] > 0 else "tie" if ci[1] >= 0 else f"{control} better"
+        return f"{s[key + '_mean']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}], {v}", ci[0] > 0
+    return judge
+
+def _interp_gaps(s:dict, arm:str) -> tuple:
+    "`arm` − baseline in points for each LLM-free measure that tells the trained baseline from an untrained SAE (by 2 seed sd and 1 point); text and [(gap, sd)]."
+    parts, gaps = [], []
+    for m, name in (("pattern_f1", "pattern F1"), ("probe_accuracy", "probe")):
+        b, a, u = (s.get(f"{x}_{m}") for x in ("baseline", arm, "untrained"))
+        if None in (b, a, u): continue
+        sd = s.get(f"baseline_{m}_sd") or 0.0
+        if b - u < max(2 * sd, 0.01): parts.append(f"{name} at the untrained floor"); continue
+        parts.append(f"{name} {100 * (a - b):+.1f} pts"); gaps.append((100 * (a - b), 100 * sd))
+    return "; ".join(parts) or "not measured", gaps
+
+def _interp(arm:str):
+    "Ĝ: no worse than the paper's gap (1.5 points) beyond 2 seed sd; G = 1: worse by more than 2 seed sd and 1 point. Undecided when no measure discriminates."
+    def judge(s:dict, p) -> tuple:
+        text, gaps = _interp_gaps(s, arm)
+        if not gaps: return text, None
+        if arm == "ghat": return text, all(g >= -PAPER_INTERP_GAPS["ghat"][1] - 2 * sd for g, sd in gaps)
+        return text, all(g < -max(2 * sd, 1.0) for g, sd in gaps)
+    return judge
+
+MIN_CIRCUIT_ACCURACY = 0.75   # below it the clean model does not do the tasks: m(M) − m(∅) is near 0 or negative and F is unstable
+
+def _faithful(s:dict, p) -> tuple:
+    "Ĝ's circuit AUC no lower than the baseline's beyond 2 sd of their seed spreads; undecided where the clean model fails the tasks."
+    b, g = s.get("baseline_faithfulness"), s.get("ghat_faithfulness")
+    if None in (b, g): return "not measured", None
+    if (acc := s.get("circuit_clean_accuracy", 1.0)) < MIN_CIRCUIT_ACCURACY:
+        return f"the model fails the tasks (clean accuracy {acc:.2f}); {g:.2f} vs {b:.2f}", None
+    noise = 2 * float(np.hypot(s.get("baseline_faithfulness_sd") or 0, s.get("ghat_faithfulness_sd") or 0))
+    return f"{g:.2f} vs {b:.2f}", g >= b - noise
+
+CLAIMS = [  # (the paper's claim, its number, the judge of a model's summary and precision section)
+    ("θ = 0.2 keeps 38-50% of the layers' SAEs", f"Ĝ/L {_GL_RANGE[0]:.2f}-{_GL_RANGE[1]:.2f}", _ratio),
+    ("training compute falls 40-54% at Ĝ (paper's accounting; fair)", f"{PAPER_SAVING_RANGE[0]:.0%}-{PAPER_SAVING_RANGE[1]:.0%}", _saving),
+    ("Ĝ costs little FVU over the baseline (relative, 95%)", f"+11 to +{100 * _REL_COST:.0f}%", _rel_cost("fvu")),
+    ("Ĝ costs little ΔCE over the baseline (relative, 95%)", f"+11 to +{100 * _REL_COST:.0f}%", _rel_cost("ce")),
+    ("AMAD groups beat evenly spaced ones on FVU at Ĝ (even − Ĝ)", "all three models", _beats("even", "fvu")),
+    ("AMAD groups beat smaller SAEs on ΔCE at Ĝ (small − Ĝ, points)", "all three models", _beats("small", "ce")),
+    ("Ĝ as interpretable as the baseline (LLM-free proxies here)", "−1 to −1.5 pts (LLM judge)", _interp("ghat")),
+    ("G = 1 clearly less interpretable than the baseline", "−8 to −10 pts (LLM judge)", _interp("g1")),
+    ("Ĝ's circuits as faithful as the baseline's (AUC of F, Ĝ vs baseline)", "0.80 vs 0.75 (160M, v1)", _faithful)]
+
+def _held_on(cells:dict) -> str:
+    held = [lab for lab, (_, h) in cells.items() if h]
+    undecided = [lab for lab, (_, h) in cells.items() if h is None]
+    n = len(cells)
+    where = ("both" if n == 2 else "all") if len(held) == n else ("neither" if n == 2 else "none") if not held else " and ".join(held) + " only"
+    return where + (f" (undecided or not measured on {' and '.join(undecided)})" if undecided else "")
+
+def claim_verdicts(models:dict # {label: (its summary.json, its eval.json's "precision" section or None)}
+                  ) -> str:
+    "Markdown: each of the paper's claims, its number, what every model measured and whether the claim held there, and on which models it held."
+    rows = ["| the paper's claim | paper (Pythia) | " + " | ".join(models) + " | held on |", "|" + "---|" * (len(models) + 3)]
+    for claim, paper, judge in CLAIMS:
+        cells = {lab: judge(s, p) for lab, (s, p) in models.items()}
+        verdicts = [t if t == "not measured" else f"{t}: **{'held' if h else 'not held' if h is False else 'undecided'}**" for t, h in cells.values()]
+        rows.append(f"| {claim} | {paper} | " + " | ".join(verdicts) + f" | {_held_on(cells)} |")
+    return "\n".join(rows) + "\n"
+
 
 # %% ../nbs/11_figures.ipynb #c2e29c98
 def draw(preset:str, results_file:str, root=None) -> list:
