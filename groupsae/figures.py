@@ -8,6 +8,7 @@ import importlib
 import numpy as np
 from pathlib import Path
 from .config import RunConfig, results_dir, figures_dir, savefig, load_json, atomic_write, use_style
+from .precision import ci_verdict
 from .paper import PUBLISHED_PARTITIONS, PAPER_HEADLINE, PAPER_TABLE2, PAPER_INTERP_GAPS, PAPER_SAVING_RANGE
 
 # %% auto #0
@@ -23,12 +24,13 @@ def _claim(s:dict, key:str, digits:int=2) -> str:
     if m is None: return "–"
     return f"{m:+.{digits}g}" + ("" if ci is None else f" [{ci[0]:+.{digits}g}, {ci[1]:+.{digits}g}]")
 
+def _versus(ci:list, control:str) -> str:
+    "Verdict of the 95% interval of control − Ĝ (lower is better): 'tie', 'AMAD better' or '<control> better'."
+    return {"tie": "tie", "first better": f"{control} better", "second better": "AMAD better"}[ci_verdict(ci)]
+
 def _even_verdict(s:dict) -> str:
     "AMAD groups against evenly spaced ones at Ĝ, by the 95% intervals of even − Ĝ (FVU; ΔCE)."
-    def one(k):
-        ci = s.get(f"even_delta_{k}_ci95")
-        if ci is None: return "–"
-        return "tie" if ci[0] <= 0 <= ci[1] else "AMAD better" if ci[0] > 0 else "even better"
+    one = lambda k: "–" if (ci := s.get(f"even_delta_{k}_ci95")) is None else _versus(ci, "even")
     return f"{one('fvu')}; {one('ce')}"
 
 def headline_table(summaries:dict # {row label: the content of a results/<preset>/summary.json}
@@ -167,7 +169,9 @@ def make_comparison(root=None, presets:dict=MODEL_PRESETS, log=print) -> list:
 
 # %% ../nbs/11_figures.ipynb #31ad2cde
 _GL_RANGE = (min(g / L for L, g, *_ in PUBLISHED_PARTITIONS.values()), max(g / L for L, g, *_ in PUBLISHED_PARTITIONS.values()))
-_REL_COST = max(max((gf - bf) / bf, (gc - bc) / bc) for bf, bc, gf, gc in PAPER_HEADLINE.values())   # Ĝ's largest relative cost in the paper
+_REL_COSTS = [r for bf, bc, gf, gc in PAPER_HEADLINE.values() for r in ((gf - bf) / bf, (gc - bc) / bc)]   # Ĝ's relative costs in the paper
+_REL_COST = max(_REL_COSTS)
+_COST_RANGE = f"+{100 * min(_REL_COSTS):.0f} to +{100 * _REL_COST:.0f}%"
 
 def _ratio(s:dict, p) -> tuple:
     r = round(s["G_hat"] / s["n_layers"], 2)
@@ -194,8 +198,8 @@ def _beats(control:str, metric:str):
     def judge(s:dict, p) -> tuple:
         key = f"{control}_delta_{metric}"
         if (ci := s.get(key + "_ci95")) is None: return "not measured", None
-        v = "AMAD better" if ci[0] > 0 else "tie" if ci[1] >= 0 else f"{control} better"
-        return f"{s[key + '_mean']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}], {v}", ci[0] > 0
+        v = _versus(ci, control)
+        return f"{s[key + '_mean']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}], {v}", v == "AMAD better"
     return judge
 
 def _interp_gaps(s:dict, arm:str) -> tuple:
@@ -232,12 +236,12 @@ def _faithful(s:dict, p) -> tuple:
 CLAIMS = [  # (the paper's claim, its number, the judge of a model's summary and precision section)
     ("θ = 0.2 keeps 38-50% of the layers' SAEs", f"Ĝ/L {_GL_RANGE[0]:.2f}-{_GL_RANGE[1]:.2f}", _ratio),
     ("training compute falls 40-54% at Ĝ (paper's accounting; fair)", f"{PAPER_SAVING_RANGE[0]:.0%}-{PAPER_SAVING_RANGE[1]:.0%}", _saving),
-    ("Ĝ costs little FVU over the baseline (relative, 95%)", f"+11 to +{100 * _REL_COST:.0f}%", _rel_cost("fvu")),
-    ("Ĝ costs little ΔCE over the baseline (relative, 95%)", f"+11 to +{100 * _REL_COST:.0f}%", _rel_cost("ce")),
+    ("Ĝ costs little FVU over the baseline (relative, 95%)", _COST_RANGE, _rel_cost("fvu")),
+    ("Ĝ costs little ΔCE over the baseline (relative, 95%)", _COST_RANGE, _rel_cost("ce")),
     ("AMAD groups beat evenly spaced ones on FVU at Ĝ (even − Ĝ)", "all three models", _beats("even", "fvu")),
     ("AMAD groups beat smaller SAEs on ΔCE at Ĝ (small − Ĝ, points)", "all three models", _beats("small", "ce")),
-    ("Ĝ as interpretable as the baseline (LLM-free proxies here)", "−1 to −1.5 pts (LLM judge)", _interp("ghat")),
-    ("G = 1 clearly less interpretable than the baseline", "−8 to −10 pts (LLM judge)", _interp("g1")),
+    ("Ĝ as interpretable as the baseline (LLM-free proxies here)", "−{:g} to −{:g} pts (LLM judge)".format(*PAPER_INTERP_GAPS["ghat"]), _interp("ghat")),
+    ("G = 1 clearly less interpretable than the baseline", "−{:g} to −{:g} pts (LLM judge)".format(*PAPER_INTERP_GAPS["g1"]), _interp("g1")),
     ("Ĝ's circuits as faithful as the baseline's (AUC of F, Ĝ vs baseline)", "0.80 vs 0.75 (160M, v1)", _faithful)]
 
 def _held_on(cells:dict) -> str:
