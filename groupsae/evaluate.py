@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import RunConfig, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES, trim_heap
+from .config import RunConfig, use_bf16, atomic_write, load_json, results_dir, runs_dir, save_json, SPLICE_MODES, trim_heap
 from .models import BlockCall, block_inputs, block_output, blocks, final_norm, run_block, unembed
 from .data import Split, assert_disjoint, keep_mask, windows_needed
 from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, plan_pairs, summarize, seed_spread,
@@ -448,7 +448,7 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     res = evaluate(inp.model, windows, saes, pairs, scales, inp.special, e.batch_size, spliced, ce=curve,
                    ce_windows=windows_needed(ce_tokens, ctx) if ce_tokens else None, progress=progress, claim_pairs=claim,
                    fvu_windows=windows_needed(e.n_tokens, ctx), window_pairs=[(a[l], l) for seeds in arms.values() for a in seeds for l in layers],
-                   bf16=e.bf16, chunk=e.head_chunk)
+                   bf16=use_bf16(e.bf16, next(inp.model.parameters()).device), chunk=e.head_chunk)
     wall = time.perf_counter() - t0
     atomic_write(rd / "eval_per_layer.csv", per_layer_csv(res.pairs))
     if claim: atomic_write(rd / "eval_windows.json", _window_json(res.windows))
@@ -467,7 +467,7 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     n_ce_w = min(len(windows), windows_needed(ce_tokens, ctx) if ce_tokens else len(windows))
     ev = {"config_hash": cfg.hash(), "model": cfg.model.name, "n_layers": L, "layers": layers, "G_hat": g_hat,
           "threshold": groups.get("threshold"), "baseline_G": len(layers), "n_windows": len(windows),
-          "n_fvu_windows": res.windows["n_fvu_windows"], "n_ce_windows": n_ce_w, "splice": splice, "bf16": e.bf16,
+          "n_fvu_windows": res.windows["n_fvu_windows"], "n_ce_windows": n_ce_w, "splice": splice, "bf16": use_bf16(e.bf16, next(inp.model.parameters()).device),
           "n_tokens": res.n_tokens, "n_ce_positions": res.n_ce, "clean_ce": res.clean_ce, "metrics": list(METRICS),
           "settings": settings, "seeds": spread, "precision": precision,
           "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,

@@ -11,11 +11,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .config import (RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, override, results_dir,
+from .config import (use_bf16, RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, override, results_dir,
                              runs_dir, save_json, load_json)
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
-from .activations import iter_activations, study_inputs, load_scales
+from .activations import iter_activations, study_inputs, load_scales, training_batches, ensure_cache
 from .study import SAESpec, specs_for_study, study_layout, suite_costs, seed_of
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
@@ -76,6 +76,7 @@ class Trainer:
                  sae_cfg:SAEConfig, train_cfg:TrainConfig, seed:int=0, device="cpu"):
         self.specs, self.d_model, self.sae_cfg, self.cfg = list(specs), d_model, sae_cfg, train_cfg
         self.device = torch.device(device)
+        self.bf16 = use_bf16(train_cfg.bf16, self.device)   # "auto": bf16 products only where the CPU multiplies them fast
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names): raise ConfigError(f"duplicate SAE names in {names}. Fix: give each SAESpec its own name")
         self.layers = sorted({l for s in self.specs for l in s.layers})   # rows of the activations `step` takes
@@ -87,7 +88,7 @@ class Trainer:
         self.saes, self.opts, self.gens, self.rows, self.dead = {}, {}, {}, {}, {}
         for s in self.specs:
             sae = TopKSAE(d_model, s.d_sae, s.k, sae_cfg.aux_k, sae_cfg.aux_coef, s.layers, [scales[l] for l in s.layers],
-                          compute_dtype=torch.bfloat16 if train_cfg.bf16 else None,
+                          compute_dtype=torch.bfloat16 if self.bf16 else None,
                           seed=_seed_of(seed, s.name, "init"))          # each SAE's init depends only on (seed, name)
             self.saes[s.name] = sae.to(self.device)
             self.opts[s.name] = torch.optim.Adam(sae.parameters(), lr=train_cfg.lr_for(s.d_sae), betas=train_cfg.betas,
@@ -141,7 +142,7 @@ def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     if mask is not None:
         m = mask.sum(); self.aux_tokens[i] += torch.stack([m, m.clamp(max=sae.aux_k)]) * n
     self.tokens[spec.name] += n
-    self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k, dense_grad=self.cfg.bf16)
+    self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k, dense_grad=self.bf16)
     return torch.stack([out.fvu.detach(), out.auxk_loss.detach(), out.loss.detach()]).float()
 
 @patch
@@ -279,7 +280,8 @@ def fit(trainer:Trainer, model,
         on_step=None, # called with the trainer after every step
         log_fn=None, # called with (step, {name: losses}) every `log_every` steps
         restart_stale:bool=False, # ignore (and later overwrite) a checkpoint of another run instead of failing
-        checkpoint_minutes:float|None=None) -> Trainer: # wall time between checkpoints (at least 20x a write); None = trainer.cfg's, 0 = steps only
+        checkpoint_minutes:float|None=None, # wall time between checkpoints (at least 20x a write); None = trainer.cfg's, 0 = steps only
+        source=None) -> Trainer: # source(start, stop) -> batches of windows start..stop for trainer.layers (the activation cache); None = run the model
     "Train `trainer` on `windows` (one model forward per batch) until every SAE saw about `n_tokens` tokens."
     n_windows = math.ceil(n_tokens / (windows.shape[1] - int(len(special) > 0)))
     if n_windows > len(windows):
@@ -289,8 +291,9 @@ def fit(trainer:Trainer, model,
     if checkpoint is not None: _resume(trainer, checkpoint, fp, restart_stale)
     minutes = trainer.cfg.checkpoint_minutes if checkpoint_minutes is None else checkpoint_minutes
     one = rank_world()[1] == 1   # several ranks agree on a wall-time checkpoint at log steps, where they sync anyway
-    it = iter_activations(model, windows[trainer.step_idx * batch_size: n_windows], trainer.layers, batch_size, special,
-                          bf16, progress=False)
+    start = trainer.step_idx * batch_size    # a resumed run reads on from the step it stopped at
+    it = (source(start, n_windows) if source is not None else
+          iter_activations(model, windows[start: n_windows], trainer.layers, batch_size, special, use_bf16(bf16, trainer.device), progress=False))
     saved_at, write_s = time.monotonic(), 0.0   # write_s: the last checkpoint's cost, so writes take at most ~5% of the time
     with tqdm(total=n_steps, initial=trainer.step_idx, desc=f"training {len(trainer.specs)} SAEs",
               disable=not progress or rank_world()[0] != 0) as bar:   # closed on an error too, before its message
@@ -324,9 +327,9 @@ def wandb_logger(enabled:bool, name:str, config:dict):
     return lambda step, last: run.log({f"{n}/{k}": v for n, d in last.items() for k, v in d.items()}, step=step)
 
 # %% ../nbs/07_train.ipynb #2e7baf58
-TIMING_KEYS = ("wall_s", "model_forward_s", "saving_wall")   # train.json's wall-clock fields: saved to timings.json
+TIMING_KEYS = ("wall_s", "model_forward_s", "saving_wall", "cache_read_s")   # train.json's wall-clock fields: saved to timings.json
 
-def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:Path, ckpt_name:str, progress:bool=True) -> dict|None:
+def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:Path, ckpt_name:str, progress:bool=True, root=None) -> dict|None:
     "Train `specs` from one pass over the training windows, save them under runs/saes; rank 0 gets their accounting."
     rank, world = rank_world()
     device = next(inp.model.parameters()).device
@@ -335,8 +338,9 @@ def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:P
     trainer = Trainer(mine, d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, device=device)
     ckpt = shard_path(runs / ckpt_name, rank, world)
     log_fn = wandb_logger(cfg.train.wandb, f"{cfg.preset}-train-rank{rank}", cfg.to_dict())
+    source = (lambda a, b: training_batches(cfg, inp, root, trainer.layers, a, b)) if cfg.activations.cache else None
     fit(trainer, inp.model, inp.split.train, cfg.train.n_tokens, cfg.data.batch_size, inp.special, cfg.activations.bf16,
-        ckpt, cfg.train.checkpoint_every, cfg.train.log_every, progress, log_fn=log_fn, restart_stale=True)
+        ckpt, cfg.train.checkpoint_every, cfg.train.log_every, progress, log_fn=log_fn, restart_stale=True, source=source)
     acct = trainer.accounting()
     if world == 1: parts = [dict(acct=acct, model_s=trainer.model_s, saes=trainer.saes)]
     else: parts = gather_to_root(dict(acct=acct, model_s=trainer.model_s,
@@ -379,12 +383,17 @@ def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
             if progress: print(f"train: pass {i + 1} ({len(todo)} SAEs) already done, kept")
             out = prev
         else:
-            out = _train_pass(cfg, inp, todo, scales, d_model, runs, "train_ckpt.pt" if i == 0 else f"train_ckpt_pass{i}.pt", progress)
+            out = _train_pass(cfg, inp, todo, scales, d_model, runs, "train_ckpt.pt" if i == 0 else f"train_ckpt_pass{i}.pt", progress, root)
             if rank == 0: save_json(out | {"key": key}, done)
         if rank == 0: acct |= out["acct"]; passes.append({"n_saes": len(todo), "n_steps": out["n_steps"], "model_forward_s": out["model_s"]})
     out = None
     if rank == 0:
         model_s = passes[0]["model_forward_s"]        # the costs compare arms of seed 0's study, which shared one forward
+        if cfg.activations.cache:                     # that forward ran once, into the cache: its share for the training windows
+            c = ensure_cache(cfg, inp, root, progress=False)
+            n_win = math.ceil(cfg.train.n_tokens / (cfg.data.context_len - int(len(inp.special) > 0)))
+            model_s = c.manifest["meta"]["forward_s"] * min(1, n_win / c.n_windows)
+            passes = [{"n_saes": p["n_saes"], "n_steps": p["n_steps"], "cache_read_s": p["model_forward_s"]} for p in passes]
         layout = study_layout(groups, n_layers, cfg.train.seeds)
         out = {"config_hash": cfg.hash(), "world_size": world, "device": str(device), "n_saes": len(specs),
                "n_seeds": cfg.train.seeds, "passes": passes,
