@@ -70,8 +70,12 @@ def main():
         print(f"profile, pair at layer {l:2d}, {len(tg)} positions: blocks after it {body:.2f} s (bf16 {body16:.2f} s), "
               f"LM head + CE + KL previous {head_prev:.2f} s / current {head_cur:.2f} s, SAE encode+decode {rec:.3f} s")
 
+    from groupsae.config import resolve_bf16
+    fast, why = resolve_bf16("auto"); print(why)
+    arms = [("previous", prev.evaluate, {}), ("current", cur.evaluate, {})] + ([("current16", cur.evaluate, {"bf16": True})] if fast else [])
+    if not fast: print("current16 (bf16 blocks): skipped, bf16 products are slow on this CPU")
     runs = {}
-    for label, fn, kw in (("previous", prev.evaluate, {}), ("current", cur.evaluate, {}), ("current16", cur.evaluate, {"bf16": True})):
+    for label, fn, kw in arms:
         t0 = time.perf_counter()
         r = fn(inp.model, wins, saes, pairs, scales, inp.special, bs, progress=False, **kw)
         runs[label] = (time.perf_counter() - t0, r)
@@ -82,6 +86,8 @@ def main():
               f"speedup {base / sec:.2f}x")
     d = lambda a, b, m: max(abs(runs[a][1].pairs[p][m] - runs[b][1].pairs[p][m]) for p in pairs)
     print(f"max |ΔCE% current − previous| = {d('current', 'previous', 'delta_ce'):.2e} points; max |KL| diff = {d('current', 'previous', 'kl'):.2e}")
+    if not fast:
+        print(f"speedup_eval={base / runs['current'][0]:.2f} speedup_eval_bf16=skipped"); return
     bias = {p: runs["current16"][1].pairs[p]["delta_ce"] - runs["current"][1].pairs[p]["delta_ce"] for p in pairs}
     print("bf16 blocks − fp32, ΔCE points per pair: " + ", ".join(f"{n}@{l} {v:+.3f}" for (n, l), v in bias.items()))
     gh = [bias[(plan[f'amad/{g_hat}']['layers'][l], l)] - bias[(plan[f'amad/{n_grouped}']['layers'][l], l)] for l in args.layers]
