@@ -15,7 +15,7 @@ from .config import (use_bf16, RunConfig, SAEConfig, TrainConfig, ConfigError, C
                              runs_dir, save_json, load_json)
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
-from .activations import iter_activations, study_inputs, load_scales, training_batches, ensure_cache
+from .activations import iter_activations, study_inputs, load_scales, training_batches, ActivationCache, cache_path
 from .study import SAESpec, specs_for_study, study_layout, suite_costs, seed_of
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
@@ -390,7 +390,7 @@ def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
     if rank == 0:
         model_s = passes[0]["model_forward_s"]        # the costs compare arms of seed 0's study, which shared one forward
         if cfg.activations.cache:                     # that forward ran once, into the cache: its share for the training windows
-            c = ensure_cache(cfg, inp, root, progress=False)
+            c = ActivationCache(cache_path(cfg.preset, root), verify=False)   # checked by every rank when the passes read it
             n_win = math.ceil(cfg.train.n_tokens / (cfg.data.context_len - int(len(inp.special) > 0)))
             model_s = c.manifest["meta"]["forward_s"] * min(1, n_win / c.n_windows)
             passes = [{"n_saes": p["n_saes"], "n_steps": p["n_steps"], "cache_read_s": p["model_forward_s"]} for p in passes]
