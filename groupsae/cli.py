@@ -55,9 +55,9 @@ STAGES = (
     Stage("scaling", "groupsae.scaling", "run_scaling", ("scaling",),
           "longer training, not part of reproduce: baseline and G-hat SAEs at multiples of the tokens (scaling.json)",
           ("scaling.json",), in_reproduce=False),
-    Stage("circuits", "groupsae.circuits", "run_circuits", (),
+    Stage("circuits", "groupsae.circuit_study", "run_circuits", (),
           "circuit faithfulness, not part of reproduce (its time budget went to the evaluation's claim sample): IOI, agreement "
-          "and greater-than circuits of the baseline, G-hat, G = 1 and even SAEs (circuits.json)", ("circuits.json",), in_reproduce=False),
+          "and greater-than circuits of the baseline, G-hat, G = 1, even and untrained SAEs, error terms kept and as nodes (circuits.json)", ("circuits.json",), in_reproduce=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES if s.in_reproduce)   # the stages `reproduce` runs, in order
 
