@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'TIMINGS', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig',
-           'ActivationsConfig', 'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig',
-           'InterpConfig', 'SimilarityConfig', 'ScalingConfig', 'RunConfig', 'override', 'get_preset', 'cpu_info',
-           'bf16_speedup', 'resolve_bf16', 'use_bf16', 'set_seed', 'repo_root', 'results_dir', 'runs_dir',
-           'figures_dir', 'MissingFileError', 'CorruptFileError', 'atomic_write', 'round_sig', 'split_keys',
-           'save_json', 'save_timings', 'load_json', 'trim_heap', 'use_style', 'savefig']
+__all__ = ['SPLICE_MODES', 'STRATEGY_ARMS', 'PRESETS', 'DEFAULT_PRESET', 'TIMINGS', 'STYLE', 'ConfigError', 'ModelConfig',
+           'DataConfig', 'ActivationsConfig', 'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig',
+           'EvalConfig', 'InterpConfig', 'SimilarityConfig', 'ScalingConfig', 'StrategiesConfig', 'RunConfig',
+           'override', 'get_preset', 'cpu_info', 'bf16_speedup', 'resolve_bf16', 'use_bf16', 'set_seed', 'repo_root',
+           'results_dir', 'runs_dir', 'figures_dir', 'MissingFileError', 'CorruptFileError', 'atomic_write',
+           'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'trim_heap', 'use_style', 'savefig']
 
 # %% ../nbs/00_config.ipynb #4dff557f
 class ConfigError(ValueError):
@@ -231,6 +231,38 @@ class ScalingConfig:
         _check(len(self.multiples) > 0 and all(isinstance(m, int) and m >= 1 for m in self.multiples), "scaling.multiples",
                f"{self.multiples} is not a non-empty list of integers >= 1", "give e.g. [1, 4, 16]")
 
+STRATEGY_ARMS = ("per_layer", "group_amad", "group_weighted", "even", "smaller", "g1", "mlsae", "transfer_fwd", "transfer_bwd", "crosscoder")
+
+def _numbers(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in v)
+
+@dataclass
+class StrategiesConfig:
+    "Cross-layer strategies at equal compute (13_strategies): the arms, their budget points, the seeds at Ĝ's budget and the evaluation samples."
+    arms:list|None=None # arms to run, some of STRATEGY_ARMS; None = all
+    multiples:list=field(default_factory=lambda: [0.25, 1, 2]) # budget points as multiples of Ĝ's SAE FLOPs; 1 = Ĝ's budget (the verdict points)
+    fractions:list=field(default_factory=lambda: [0.25, 1, 2]) # per-layer SAEs on f·N tokens (the equal-compute f of each accounting is added)
+    thetas:list=field(default_factory=lambda: [0.5, 0.3, 0.2, 0.1]) # size-weighted AMAD thresholds, one group count each (at N tokens)
+    seeds:int=3 # seeds of every arm at Ĝ's budget (one seed elsewhere)
+    claim_tokens:int|None=None # ΔCE/KL of the points at Ĝ's budget, with intervals: the first tokens of the study's claim sample; None = eval.claim_tokens
+    sweep_ce_tokens:int|None=None # ΔCE/KL of every point (the figure's lines): the first tokens of that sample; None = all of it
+    fvu_tokens:int|None=None # FVU and dead latents of every point on this many held-out tokens; None = eval.n_tokens
+    eval_gb:float=2.0 # SAE weights held at once while evaluating (GB): the evaluation runs in chunks of this size
+    def __post_init__(self):
+        bad = [a for a in (self.arms or []) if a not in STRATEGY_ARMS]
+        _check(self.arms is None or (isinstance(self.arms, list) and len(self.arms) > 0 and not bad and len(set(self.arms)) == len(self.arms)),
+               "strategies.arms", f"unknown or repeated arm(s) {bad or self.arms}", f"use some of {list(STRATEGY_ARMS)}, or null for all")
+        for name in ("multiples", "fractions"):
+            v = getattr(self, name)
+            _check(_numbers(v) and len(v) >= 3 and max(v) / min(v) >= 8, f"strategies.{name}", f"{v} is not 3 or more positive numbers spanning 8x",
+                   "give e.g. [0.25, 1, 2]")
+        _check(1 in self.multiples, "strategies.multiples", f"{self.multiples} lacks 1 (Ĝ's own budget, where the verdict is made)", "add 1")
+        _check(_numbers(self.thetas) and all(t <= 1 for t in self.thetas), "strategies.thetas", f"{self.thetas} is not a list of numbers in (0, 1]",
+               "give e.g. [0.5, 0.3, 0.2, 0.1]")
+        _check(isinstance(self.seeds, int) and self.seeds >= 1, "strategies.seeds", f"{self.seeds!r} is not a positive integer", "use 3")
+        for name in ("claim_tokens", "sweep_ce_tokens", "fvu_tokens"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, int) and v > 0), f"strategies.{name}", f"{v!r} is not a positive integer", "use a token count, or null")
+        _check(self.eval_gb > 0, "strategies.eval_gb", f"{self.eval_gb} is not positive", "use e.g. 2")
 
 # %% ../nbs/00_config.ipynb #ad135c0f
 def _from_dict(cls, d:dict, where:str=""):
@@ -262,6 +294,7 @@ class RunConfig:
     interp:InterpConfig=field(default_factory=InterpConfig)
     similarity:SimilarityConfig=field(default_factory=SimilarityConfig)
     scaling:ScalingConfig=field(default_factory=ScalingConfig)
+    strategies:StrategiesConfig=field(default_factory=StrategiesConfig)
 
     def __post_init__(self):
         _check(re.fullmatch(r"[A-Za-z0-9._-]+", self.preset or "") is not None, "preset",
@@ -272,6 +305,12 @@ class RunConfig:
         _check((self.eval.claim_tokens or 0) <= self.data.n_eval_tokens, "eval.claim_tokens",
                f"{self.eval.claim_tokens} exceeds the held-out split data.n_eval_tokens={self.data.n_eval_tokens}",
                "raise data.n_eval_tokens or lower eval.claim_tokens")
+        st, claim = self.strategies, self.strategies.claim_tokens or self.eval.claim_tokens or self.eval.n_tokens
+        _check(claim <= self.data.n_eval_tokens and (st.fvu_tokens or 0) <= self.data.n_eval_tokens, "strategies.claim_tokens",
+               f"{claim} or strategies.fvu_tokens={st.fvu_tokens} exceeds the held-out split data.n_eval_tokens={self.data.n_eval_tokens}",
+               "lower them or raise data.n_eval_tokens")
+        _check((st.sweep_ce_tokens or 0) <= claim, "strategies.sweep_ce_tokens", f"{st.sweep_ce_tokens} exceeds the claim sample ({claim} tokens)",
+               "use at most strategies.claim_tokens (or eval.claim_tokens)")
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
@@ -345,7 +384,10 @@ def _smollm2_cpu() -> RunConfig:
         eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=8_192, claim_layers=5, bf16="auto"),
         # SmolLM2 as its own judge is at chance on latents of known meaning (09b): the LLM path is off, the LLM-free measures run
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
-        similarity=SimilarityConfig(n_tokens=4_096))
+        similarity=SimilarityConfig(n_tokens=4_096),
+        # 13_strategies: every arm at 1/4, 1 and 2 times Ĝ's SAE FLOPs (3 seeds at 1), per-layer SAEs on 1/4 to 2 times the
+        # tokens; ΔCE/KL at Ĝ's budget on the claim sample, the lines' ΔCE/KL on its first 2k tokens (sized in 13_strategies)
+        strategies=StrategiesConfig(sweep_ce_tokens=2_048))
 
 def _gemma3_cpu() -> RunConfig:
     # Gemma 3 270M base (issue 22), the embedded default's corpus and SAE recipe, sized for 2 CPU cores (under 60 minutes):
@@ -363,7 +405,9 @@ def _gemma3_cpu() -> RunConfig:
         # evaluation window, so n_tokens = claim_tokens), and the FVU of every pair on the same 4k tokens
         eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16="auto"),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
-        similarity=SimilarityConfig(n_tokens=4_096))
+        similarity=SimilarityConfig(n_tokens=4_096),
+        # 13_strategies: as the embedded default's, with every ΔCE on fewer positions (the LM head is 2-3x the body)
+        strategies=StrategiesConfig(thetas=[0.5, 0.3, 0.2, 0.1], claim_tokens=2_048, sweep_ce_tokens=512))
 
 def _tiny() -> RunConfig:
     return RunConfig(
@@ -376,7 +420,8 @@ def _tiny() -> RunConfig:
         train=TrainConfig(n_tokens=4_096, checkpoint_every=4),
         eval=EvalConfig(n_tokens=512, batch_size=4, claim_tokens=1_024, claim_layers=2, n_boot=200),
         interp=InterpConfig(n_latents=2, n_explain=3, n_score=4, window=8, n_tokens=1_024, model="tiny-llama"),
-        similarity=SimilarityConfig(n_tokens=512, max_latents=64))
+        similarity=SimilarityConfig(n_tokens=512, max_latents=64),
+        strategies=StrategiesConfig(multiples=[1, 2, 8], seeds=2))
 
 PRESETS = {"smollm2-cpu": _smollm2_cpu, "gemma3-cpu": _gemma3_cpu, "pythia-160m": lambda: _pythia("160m", 131_072),
            "pythia-410m": lambda: _pythia("410m", 65_536), "pythia-1b": lambda: _pythia("1b", 32_768), "tiny": _tiny}

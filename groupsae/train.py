@@ -73,7 +73,8 @@ class Trainer:
     "Trains several SAEs, each on its own layers, from one batch of residual streams per step."
     def __init__(self, specs:list, d_model:int,
                  scales:dict, # {layer: input scale} (results/P/scales.json)
-                 sae_cfg:SAEConfig, train_cfg:TrainConfig, seed:int=0, device="cpu"):
+                 sae_cfg:SAEConfig, train_cfg:TrainConfig, seed:int=0, device="cpu",
+                 init:dict|None=None): # {SAE name: state dict}: start that SAE from these parameters (layer-wise transfer; b_dec kept)
         self.specs, self.d_model, self.sae_cfg, self.cfg = list(specs), d_model, sae_cfg, train_cfg
         self.device = torch.device(device)
         self.bf16 = use_bf16(train_cfg.bf16, self.device)   # "auto": bf16 products only where the CPU multiplies them fast
@@ -90,12 +91,15 @@ class Trainer:
             sae = TopKSAE(d_model, s.d_sae, s.k, sae_cfg.aux_k, sae_cfg.aux_coef, s.layers, [scales[l] for l in s.layers],
                           compute_dtype=torch.bfloat16 if self.bf16 else None,
                           seed=_seed_of(seed, s.name, "init"))          # each SAE's init depends only on (seed, name)
+            if init and s.name in init:                                       # a transfer's start: the neighbour's trained parameters
+                sae.load_state_dict({n: init[s.name][n] for n, _ in sae.named_parameters()}, strict=False)
             self.saes[s.name] = sae.to(self.device)
             self.opts[s.name] = torch.optim.Adam(sae.parameters(), lr=train_cfg.lr_for(s.d_sae), betas=train_cfg.betas,
                                                  fused=self.device.type in ("cpu", "cuda"))
             self.gens[s.name] = torch.Generator(self.device).manual_seed(_seed_of(seed, s.name, "draw"))
             self.rows[s.name] = torch.tensor([pos[l] for l in s.layers], device=self.device)
             self.dead[s.name] = DeadLatentTracker(s.d_sae, sae_cfg.dead_tokens, self.device)
+        self.warm = set(init or ()) & set(names)   # SAEs started from given weights: no geometric-median b_dec
         n = len(self.specs)
         self.step_idx, self.loss_steps, self.last, self.history = 0, 0, {}, []   # history: [step, [fvu per SAE]] at each log
         self.tokens, self.flops = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
@@ -130,7 +134,7 @@ def next_batch(self:Trainer, it) -> Tensor:
 def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     sae, opt, dead, n = self.saes[spec.name], self.opts[spec.name], self.dead[spec.name], x_all.shape[1]
     x = draw_layers(x_all, self.rows[spec.name], self.gens[spec.name])
-    if self.step_idx == 0: sae.init_b_dec_(x)
+    if self.step_idx == 0 and spec.name not in self.warm: sae.init_b_dec_(x)
     mask = dead.mask if self.sae_cfg.aux_coef > 0 and self.tokens[spec.name] >= self.sae_cfg.dead_tokens else None  # host test: no sync
     out = sae(x, dead_mask=mask)       # train.bf16: the SAE's own bf16 matmuls (compute_dtype), weights stay fp32
     out.loss.backward()
