@@ -12,7 +12,7 @@ from .grouping import select_g, even_groups
 
 # %% auto #0
 __all__ = ['ACCOUNTINGS', 'KINDS', 'NEAR', 'CHEAP', 'EQUAL_TOL', 'vector_flops', 'Dictionary', 'Point', 'point_costs',
-           'equal_fractions', 'plan_strategies', 'ghat_point']
+           'equal_fractions', 'plan_strategies', 'ghat_point', 'ghat_wins']
 
 # %% ../nbs/13_strategies.ipynb #5570ec64
 ACCOUNTINGS = ("paper", "fair", "sae_only")
@@ -220,3 +220,9 @@ def _check_equal(points:list, d_model:int, A_token:float, n_tokens:int):
             if abs(c / ref[a] - 1) > EQUAL_TOL:
                 raise ConfigError(f"strategies: {p.id} costs {c / ref[a]:.3f}x Ĝ's {a} FLOPs, more than {EQUAL_TOL:.0%} off. "
                                   "Fix: raise train.n_tokens (more windows per point) or data.context_len")
+
+# %% ../nbs/13_strategies.ipynb #395464ae
+def ghat_wins(diff:dict # {metric: {"ci95": [lo, hi], ...}}: a control minus Ĝ (lower is better), from precision.interval
+             ) -> bool:
+    "Group-SAE beats the control only if the 95% intervals of control − Ĝ lie above 0 for both FVU and ΔCE; a tie is not a win."
+    return all(diff[m]["ci95"][0] > 0 for m in ("fvu", "delta_ce"))
