@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= smollm2-cpu
 
-.PHONY: install test reproduce scaling circuits lab bench readme clean-nbs check nbs docs
+.PHONY: install test reproduce scaling circuits strategies lab bench readme clean-nbs check nbs docs
 
 NB_WORKERS ?= 2
 # Debian's Chromium and its WebDriver, for the test that opens the docs site in a real headless browser
@@ -51,6 +51,10 @@ scaling: $(STAMP)
 # Circuit faithfulness (09f_circuits, 09g_attribution, 09h_circuit_study), after `make reproduce`: attribution-patched circuits of the baseline, G-hat, G = 1, even and untrained SAEs, error terms kept and as nodes
 circuits: $(STAMP)
 	$(BIN)/groupsae circuits --preset $(PRESET)
+
+# Strategies at equal compute (13_strategies, 13a-13d), after `make reproduce`: per-layer SAEs on fewer tokens, Group-SAE, even groups, smaller SAEs, G = 1, MLSAE, layer-wise transfer and a crosscoder, trained from the activation cache (about 45-55 min per model on 2 cores)
+strategies: $(STAMP)
+	$(BIN)/groupsae strategies --preset $(PRESET)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir nbs

@@ -58,6 +58,10 @@ STAGES = (
     Stage("circuits", "groupsae.circuit_study", "run_circuits", (),
           "circuit faithfulness, not part of reproduce (its time budget went to the evaluation's claim sample): IOI, agreement "
           "and greater-than circuits of the baseline, G-hat, G = 1, even and untrained SAEs, error terms kept and as nodes (circuits.json)", ("circuits.json",), in_reproduce=False),
+    Stage("strategies", "groupsae.strategy_run", "run_strategies", ("strategies",),
+          "every way to get an SAE per layer at equal compute, not part of reproduce: per-layer SAEs on fewer tokens, Group-SAE, even "
+          "groups, smaller SAEs, G = 1, MLSAE, layer-wise transfer, a crosscoder, from the activation cache (strategies.json)",
+          ("strategies.json",), in_reproduce=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES if s.in_reproduce)   # the stages `reproduce` runs, in order
 

@@ -387,8 +387,8 @@ def _smollm2_cpu() -> RunConfig:
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096),
         # 13_strategies: every arm at 0.24, 1 and 2 times Ĝ's SAE FLOPs (3 seeds at 1), per-layer SAEs on 1/4 to 2 times the
-        # tokens; ΔCE/KL at Ĝ's budget on the claim sample, the lines' ΔCE/KL on its first 2k tokens (sized in 13_strategies)
-        strategies=StrategiesConfig(sweep_ce_tokens=2_048))
+        # tokens; ΔCE/KL at Ĝ's budget on the first 6k tokens of the claim sample, the lines' on 1k (about 48 min: 13_strategies)
+        strategies=StrategiesConfig(claim_tokens=6_144, sweep_ce_tokens=1_024))
 
 def _gemma3_cpu() -> RunConfig:
     # Gemma 3 270M base (issue 22), the embedded default's corpus and SAE recipe, sized for 2 CPU cores (under 60 minutes):
@@ -407,8 +407,9 @@ def _gemma3_cpu() -> RunConfig:
         eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16="auto"),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096),
-        # 13_strategies: as the embedded default's, with every ΔCE on fewer positions (the LM head is 2-3x the body)
-        strategies=StrategiesConfig(thetas=[0.5, 0.3, 0.2, 0.1], claim_tokens=2_048, sweep_ce_tokens=512))
+        # 13_strategies: as the embedded default's, with every ΔCE on fewer positions (the LM head is 2-3x the body): at Ĝ's
+        # budget on 1.5k tokens, the lines' on one window; FVU on the same 1.5k (about 49 min: 13_strategies)
+        strategies=StrategiesConfig(claim_tokens=1_536, sweep_ce_tokens=256))
 
 def _tiny() -> RunConfig:
     return RunConfig(

@@ -12,7 +12,7 @@ from .grouping import select_g, even_groups
 
 # %% auto #0
 __all__ = ['ACCOUNTINGS', 'KINDS', 'NEAR', 'CHEAP', 'EQUAL_TOL', 'vector_flops', 'Dictionary', 'Point', 'point_costs',
-           'equal_fractions', 'plan_strategies', 'ghat_point', 'ghat_wins']
+           'equal_fractions', 'plan_strategies', 'ghat_point', 'ghat_wins', 'rates_from_study', 'estimate_seconds']
 
 # %% ../nbs/13_strategies.ipynb #5570ec64
 ACCOUNTINGS = ("paper", "fair", "sae_only")
@@ -136,7 +136,7 @@ def plan_strategies(scfg:StrategiesConfig, groups:dict, # the content of groups.
         return _snap(tokens_of, target, max_windows)
     def sae(ls, width, w, seed, **kw): return Dictionary("sae", ls, width, k, w, tokens_of(w), seed, **kw)
     seeds = lambda verdict: range(S if verdict else 1)
-    arms, out = scfg.arms or list(STRATEGY_ARMS), []
+    arms, out = [a for a in STRATEGY_ARMS if a in (scfg.arms or STRATEGY_ARMS) or a == "group_amad"], []   # Ĝ's own point: always
     for arm in arms:
         pts = []
         if arm == "per_layer":
@@ -226,3 +226,58 @@ def ghat_wins(diff:dict # {metric: {"ci95": [lo, hi], ...}}: a control minus Ĝ 
              ) -> bool:
     "Group-SAE beats the control only if the 95% intervals of control − Ĝ lie above 0 for both FVU and ΔCE; a tie is not a win."
     return all(diff[m]["ci95"][0] > 0 for m in ("fvu", "delta_ce"))
+
+# %% ../nbs/13_strategies.ipynb #2a886ec2
+def rates_from_study(res, # results/<preset> of a finished study (train, evaluate)
+                    ) -> dict:
+    "Seconds per unit of work on the machine that ran the study: a (per FLOP) and b (per step) of SAE training, c per ΔCE position, a clean pass per window, the forward per token."
+    import csv
+    from groupsae.config import load_json
+    res = __import__("pathlib").Path(res)
+    t, tr, ev, costs = (load_json(res / f) for f in ("timings.json", "train.json", "eval.json", "costs.json"))
+    d, walls = costs["d_model"], t["train.json"]["saes"]
+    def group(pick):
+        ns = [n for n, a in tr["saes"].items() if pick(n, a) and n in walls]
+        return (sum(a["tokens"] * vector_flops(d, a["d_sae"]) for n, a in tr["saes"].items() if n in ns) / len(ns),
+                sum(walls[n]["wall_s"] for n in ns) / len(ns))
+    fb, wb = group(lambda n, a: len(a["layers"]) == 1 and not n.startswith("small") and "@" not in n)
+    fs, ws = group(lambda n, a: n.startswith("small") and "@" not in n)
+    a = (wb - ws) / (fb - fs)
+    b = (wb - a * fb) / tr["n_steps"]
+    with open(res / "eval_per_layer.csv") as f: rows = list(csv.DictReader(f))
+    seed0 = sum("@s" not in r["sae"] for r in rows)
+    positions = ev["n_claim_pairs"] * ev["precision"]["n_ce_tokens"] + seed0 * ev["n_ce_positions"]
+    fvu_s = a * ev["n_tokens"] * 2 * d * costs["expansion"] * d * len(rows)      # the pairs' encoders (an upper bound: smaller SAEs cost less)
+    secs = t["eval.json"]["seconds"]
+    return {"a": a, "b": b, "ce_per_position": (secs["pairs"] - fvu_s) / positions, "clean_per_window": secs["clean"] / ev["n_windows"],
+            "forward_per_token": t["train.json"]["model_forward_s"] / tr["tokens_per_sae"], "d_model": d}
+
+def estimate_seconds(points:list, reused, # d -> True when the study's SAE is reused
+                     rates:dict, batch_size:int, n_windows:int, # held-out windows of the claim sample
+                     n_claim_positions:int, n_sweep_positions:int, n_fvu_tokens:int,
+                     ce_layers:list, extra_tokens:int=0, eval_gb:float=2.0, load_s:float=30.0) -> dict:
+    "Predicted seconds of a strategies run: training, the extra forward, the evaluation's ΔCE, FVU and clean passes, and the total."
+    d, a, b = rates["d_model"], rates["a"], rates["b"]
+    dicts, claim, ce, fvu_flops = {}, set(), set(), 0.0
+    for p in points:
+        for s, run in enumerate(p.runs):
+            for x in run: dicts[x.name] = x
+            for x in run:
+                for l in x.layers:
+                    pair = (x.name, l)
+                    if l in ce_layers: (claim if p.at_ghat else ce).add(pair)
+    train = {}
+    for x in dicts.values():
+        if reused(x): continue
+        steps = math.ceil(x.windows / batch_size) * (len(x.layers) if x.kind == "mlsae" else 1)
+        train[x.name] = a * x.flops(d) + b * steps
+    for x in dicts.values():   # encoder FLOPs of every FVU pair (a crosscoder's code once)
+        fvu_flops += n_fvu_tokens * 2 * x.d_in * d * x.d_sae * (1 if x.kind == "crosscoder" else len(x.layers))
+    bytes_ = sum(8 * x.d_sae * x.d_in * d for x in dicts.values())
+    n_chunks = max(1, math.ceil(bytes_ / (eval_gb * 1e9)))
+    out = {"train": sum(train.values()), "extra_forward": extra_tokens * rates["forward_per_token"],
+           "eval_ce": rates["ce_per_position"] * (len(claim) * n_claim_positions + len(ce - claim) * n_sweep_positions),
+           "eval_fvu": a * fvu_flops, "eval_clean": n_chunks * rates["clean_per_window"] * n_windows, "load": load_s}
+    out["total"] = sum(out.values())
+    out |= {"n_trained": len(train), "n_dictionaries": len(dicts), "n_claim_pairs": len(claim), "n_sweep_pairs": len(ce - claim), "n_chunks": n_chunks}
+    return out
