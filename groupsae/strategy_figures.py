@@ -39,8 +39,8 @@ ACCOUNTING_LABELS = {"paper": "paper: A(N) + SAE FLOPs", "fair": "fair: A(tokens
 def _lines(st:dict) -> list:
     "(label, colour, marker, dashed, points) for every line: each arm, and Group-SAE's token line at Ĝ apart from its G line."
     out = []
-    for arm, pts in st["arms"].items():
-        colour, marker, label = ARM_STYLE[arm]
+    for arm in (a for a in STRATEGY_ARMS if a in st["arms"]):
+        colour, marker, label, pts = *ARM_STYLE[arm], st["arms"][arm]
         if arm == "group_amad":
             out.append((label, colour, marker, False, [p for p in pts if p["knob"]["x"] == 1]))
             out.append((f"Group-SAE (AMAD), Ĝ = {st['G_hat']}, tokens", colour, marker, True, [p for p in pts if p["knob"]["G"] == st["G_hat"]]))
@@ -54,6 +54,7 @@ def fig_pareto(st:dict # the content of strategies.json
               ):
     "FVU, ΔCE and KL against training FLOPs (log) in each accounting: one line per arm, Ĝ marked, the cheap baselines' envelope dashed."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
     use_style()
     metrics = list(METRIC_LABELS)
     fig, axs = plt.subplots(len(ACCOUNTINGS), len(metrics), figsize=(15, 11.5))
@@ -74,7 +75,7 @@ def fig_pareto(st:dict # the content of strategies.json
             env = envelope([(p["flops"][a], p[m]) for arm in CHEAP for p in st["arms"].get(arm, [])])
             if env: ax.plot(*zip(*env), color="k", ls=":", lw=2, label="envelope of the cheap per-layer baselines")
             if g[m] is not None: ax.plot([g["flops"][a]], [g[m]], marker="*", ms=16, mfc="none", mec="k", mew=1.5, ls="", label=f"Ĝ = {st['G_hat']}")
-            ax.set_xscale("log")
+            ax.set_xscale("log"); ax.xaxis.set_minor_formatter(NullFormatter())
             if i == len(ACCOUNTINGS) - 1: ax.set_xlabel("training FLOPs")
             if j == 0: ax.set_ylabel(f"{ACCOUNTING_LABELS[a]}\n{METRIC_LABELS[m]}", fontsize=9)
             else: ax.set_ylabel(METRIC_LABELS[m], fontsize=9)
@@ -90,11 +91,12 @@ def fig_pareto(st:dict # the content of strategies.json
 def fig_pareto_layers(st:dict):
     "FVU and dead latents per layer of every arm at Ĝ's budget, Ĝ's groups shaded."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     use_style()
-    fig, axs = plt.subplots(1, 2, figsize=(14, 4.2))
+    fig, axs = plt.subplots(1, 2, figsize=(14, 4.6))
     layers = st["layers"]
-    for arm, pts in st["arms"].items():
-        colour, marker, label = ARM_STYLE[arm]
+    for arm in (a for a in STRATEGY_ARMS if a in st["arms"]):
+        colour, marker, label, pts = *ARM_STYLE[arm], st["arms"][arm]
         for p in pts:
             if not p["at_ghat_budget"]: continue
             name = label + (" (fair cost)" if p["matched"] == ["fair"] else "")
@@ -104,10 +106,11 @@ def fig_pareto_layers(st:dict):
     for ax, ylab in zip(axs, ("FVU", "dead latents (fraction)")):
         for i, g in enumerate(st.get("ghat_groups", [])):
             if i % 2: ax.axvspan(g[0] - 0.5, g[-1] + 0.5, color="0.9", zorder=0)
-        ax.set_xlabel("layer"); ax.set_ylabel(ylab)
-    axs[0].legend(fontsize=7, ncol=2)
+        ax.set_xlabel("layer"); ax.set_ylabel(ylab); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axs[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(f"At Ĝ's budget, per layer (mean over {st['seeds']} seeds; Ĝ's groups shaded)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 # %% ../nbs/13d_strategy_figures.ipynb #5b66cbfb
@@ -115,7 +118,9 @@ def _ci(v, ci, digits=3) -> str:
     if v is None: return "–"
     return f"{v:.{digits}g}" + ("" if not ci else f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]")
 
-def _wall(p:dict) -> str: return "–" if p["wall_s"] is None else f"{p['wall_s']:.0f}"
+def _wall(p:dict) -> str: return "–" if p["wall_s"] is None else f"{p['wall_s']:.3g}"
+
+def _knob(k:dict) -> str: return ", ".join(f"{n}={v:g}" if isinstance(v, (int, float)) else f"{n}={v}" for n, v in k.items())
 
 def _d(d:dict, m:str) -> str:
     return f"{d[m]['mean']:+.3g} [{d[m]['ci95'][0]:+.3g}, {d[m]['ci95'][1]:+.3g}] ({d[m]['verdict']})"
@@ -128,12 +133,12 @@ def table_strategies(st:dict) -> str:
             f"{st['n_claim_positions']:,} positions; costs relative to Ĝ's in each accounting; wall time of one run's SAE training on {st['machine']}).",
             "", "| arm | knob | dictionaries | SAE-only | paper | fair | wall s | FVU [95%] | worst layer | ΔCE % [95%] | KL [95%] | dead | "
             "− Ĝ: ΔFVU [95%] | − Ĝ: ΔCE points [95%] |", "|" + "---|" * 14]
-    for arm, pts in st["arms"].items():
-        for p in pts:
+    for arm in (a for a in STRATEGY_ARMS if a in st["arms"]):
+        for p in st["arms"][arm]:
             if not p["at_ghat_budget"]: continue
             d = st["at_ghat"].get(p["id"])
             rel = {a: p["flops"][a] / g["flops"][a] for a in ACCOUNTINGS}
-            rows.append(f"| {ARM_STYLE[arm][2]} | {p['knob']} | {p['n_saes']} | {rel['sae_only']:.3f} | {rel['paper']:.3f} | {rel['fair']:.3f} | "
+            rows.append(f"| {ARM_STYLE[arm][2]} | {_knob(p['knob'])} | {p['n_saes']} | {rel['sae_only']:.3f} | {rel['paper']:.3f} | {rel['fair']:.3f} | "
                         f"{_wall(p)} | {_ci(p['fvu'], p['fvu_ci95'])} | {p['fvu_worst']:.3g} | "
                         f"{_ci(p['delta_ce'], p['delta_ce_ci95'])} | {_ci(p['kl'], p['kl_ci95'])} | {p['dead_frac']:.3f} | "
                         f"{_d(d, 'fvu') if d else '–'} | {_d(d, 'delta_ce') if d else '–'} |")
@@ -158,7 +163,7 @@ def advice(st:dict, label:str="") -> str:
             best = {}
             for key in ("fvu", "delta_ce_sweep"):
                 ok = [(p[key], arm, p) for arm, p in every if p["flops"][a] <= cap and p[key] is not None]
-                best[key] = "–" if not ok else (lambda v, arm, p: f"{ARM_STYLE[arm][2]} {p['knob']}: {v:.3g}")(*min(ok, key=lambda t: t[0]))
+                best[key] = "–" if not ok else (lambda v, arm, p: f"{ARM_STYLE[arm][2].replace(', G', '')} ({_knob(p['knob'])}): {v:.3g}")(*min(ok, key=lambda t: t[0]))
             rows.append(f"| {a} | {m:g} | {best['fvu']} | {best['delta_ce_sweep']} |")
     head = f"**{label}**" + (": " if label else "")
     v = st["verdict"]

@@ -163,7 +163,7 @@ def test_strategies_end_to_end(tiny_strategies):
                 assert q["n_seeds"] == get_preset("tiny").strategies.seeds and q["fvu_ci95"] and q["delta_ce_ci95"]
                 for a in q["matched"]: assert abs(q["flops"][a] / g["flops"][a] - 1) <= EQUAL_TOL
             else: assert q["n_seeds"] == 1
-    assert g["n_reused"] == g["n_dictionaries"]                   # Ĝ's SAEs, every seed, are the train stage's
+    assert g["n_reused"] == g["n_saes"]                              # seed 0's Ĝ SAEs are the train stage's (tiny trains one seed)
     assert "reused" in st["reuse"]["study"] and "not reused" in st["reuse"]["scaling"]
     for a in ACCOUNTINGS: assert isinstance(st["verdict"][a]["beats_per_layer"], bool)
     summary = load_json(results_dir("tiny", root) / "summary.json")
