@@ -257,9 +257,9 @@ CLAIMS = [  # (the paper's claim, its number, the judge of a model's summary and
     ("AMAD groups beat smaller SAEs on ΔCE at Ĝ (small − Ĝ, points)", "all three models", _beats("small", "ce")),
     ("Ĝ as interpretable as the baseline (LLM-free proxies here)", "−{:g} to −{:g} pts (LLM judge)".format(*PAPER_INTERP_GAPS["ghat"]), _interp("ghat")),
     ("G = 1 clearly less interpretable than the baseline", "−{:g} to −{:g} pts (LLM judge)".format(*PAPER_INTERP_GAPS["g1"]), _interp("g1")),
-    ("Ĝ's circuits as faithful as the baseline's (AUC of F, Ĝ vs baseline)", "0.80 vs 0.75 (160M, v1)", _faithful),
     *((f"Group-SAE beats per-layer SAEs on fewer tokens at equal compute ({name})", "not run in the paper", _fewer_tokens(a))
-      for a, name in (("sae_only", "SAE-only FLOPs"), ("paper", "paper's FLOPs"), ("fair", "fair FLOPs")))]
+      for a, name in (("sae_only", "SAE-only FLOPs"), ("paper", "paper's FLOPs"), ("fair", "fair FLOPs"))),
+    ("Ĝ's circuits as faithful as the baseline's (AUC of F, Ĝ vs baseline)", "0.80 vs 0.75 (160M, v1)", _faithful)]
 
 def _held_on(cells:dict) -> str:
     held = [lab for lab, (_, h) in cells.items() if h]
