@@ -131,14 +131,14 @@ def table_strategies(st:dict) -> str:
     rows = [f"Every arm at Ĝ's budget (Ĝ = {st['G_hat']}, N = {st['n_tokens']:,} tokens per SAE, {st['seeds']} seeds; FVU over the "
             f"{len(st['layers'])} trained layers on {st['n_fvu_windows']} windows, ΔCE and KL at layers {st['claim_layers']} on "
             f"{st['n_claim_positions']:,} positions; costs relative to Ĝ's in each accounting; wall time of one run's SAE training on {st['machine']}).",
-            "", "| arm | knob | dictionaries | SAE-only | paper | fair | wall s | FVU [95%] | worst layer | ΔCE % [95%] | KL [95%] | dead | "
-            "− Ĝ: ΔFVU [95%] | − Ĝ: ΔCE points [95%] |", "|" + "---|" * 14]
+            "", "| arm | knob | dictionaries (reused / all seeds') | SAE-only | paper | fair | wall s | FVU [95%] | worst layer | ΔCE % [95%] | "
+            "KL [95%] | dead | − Ĝ: ΔFVU [95%] | − Ĝ: ΔCE points [95%] |", "|" + "---|" * 14]
     for arm in (a for a in STRATEGY_ARMS if a in st["arms"]):
         for p in st["arms"][arm]:
             if not p["at_ghat_budget"]: continue
             d = st["at_ghat"].get(p["id"])
             rel = {a: p["flops"][a] / g["flops"][a] for a in ACCOUNTINGS}
-            rows.append(f"| {ARM_STYLE[arm][2]} | {_knob(p['knob'])} | {p['n_saes']} | {rel['sae_only']:.3f} | {rel['paper']:.3f} | {rel['fair']:.3f} | "
+            rows.append(f"| {ARM_STYLE[arm][2]} | {_knob(p['knob'])} | {p['n_saes']} ({p.get('n_reused', 0)} / {p.get('n_dictionaries', '–')}) | {rel['sae_only']:.3f} | {rel['paper']:.3f} | {rel['fair']:.3f} | "
                         f"{_wall(p)} | {_ci(p['fvu'], p['fvu_ci95'])} | {p['fvu_worst']:.3g} | "
                         f"{_ci(p['delta_ce'], p['delta_ce_ci95'])} | {_ci(p['kl'], p['kl_ci95'])} | {p['dead_frac']:.3f} | "
                         f"{_d(d, 'fvu') if d else '–'} | {_d(d, 'delta_ce') if d else '–'} |")
