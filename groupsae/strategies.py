@@ -277,7 +277,7 @@ def estimate_seconds(points:list, reused, # d -> True when the study's SAE is re
     n_chunks = max(1, math.ceil(bytes_ / (eval_gb * 1e9)))
     out = {"train": sum(train.values()), "extra_forward": extra_tokens * rates["forward_per_token"],
            "eval_ce": rates["ce_per_position"] * (len(claim) * n_claim_positions + len(ce - claim) * n_sweep_positions),
-           "eval_fvu": a * fvu_flops, "eval_clean": n_chunks * rates["clean_per_window"] * n_windows, "load": load_s}
+           "eval_fvu": 2 * a * fvu_flops, "eval_clean": n_chunks * rates["clean_per_window"] * n_windows, "load": load_s}
     out["total"] = sum(out.values())
     out |= {"n_trained": len(train), "n_dictionaries": len(dicts), "n_claim_pairs": len(claim), "n_sweep_pairs": len(ce - claim), "n_chunks": n_chunks}
     return out

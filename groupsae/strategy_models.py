@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 from .config import atomic_write
-from .sae import TopKSAE, ForwardOutput, EncoderOutput, DeadLatentTracker, decode_sparse
+from .sae import TopKSAE, TopKEncode, ForwardOutput, EncoderOutput, DeadLatentTracker, decode_sparse, scratch
 from .models import blocks, block_output
 from .data import keep_mask
 from .train import NonFiniteError
@@ -18,12 +18,13 @@ from .train import NonFiniteError
 __all__ = ['SHARED', 'layer_fvu', 'standardise', 'MultiLayerSAE', 'CrossCoder', 'train_shared', 'save_shared', 'load_dictionary',
            'CleanStreams', 'CrossCoderLayer']
 
-# %% ../nbs/13a_strategy_models.ipynb #a671afc9
-def layer_fvu(x:Tensor, # [n_layers, n, d_model]
+# %% ../nbs/13a_strategy_models.ipynb #e2669353
+def layer_fvu(x:Tensor, # [n_layers, n, d_model] (the inputs: no gradient)
               x_hat:Tensor # same shape
              ) -> Tensor: # [n_layers]
     "Each layer's fraction of variance unexplained over its n positions."
-    return (x - x_hat).pow(2).sum((1, 2)) / (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    with torch.no_grad(): var = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    return (x - x_hat).pow(2).sum((1, 2)) / var
 
 def standardise(x:Tensor, eps:float=1e-6) -> tuple:
     "(x − μ)/σ with the mean μ and standard deviation σ of each vector over its last dimension, and μ, σ (to undo it)."
@@ -89,18 +90,38 @@ class CrossCoder(nn.Module):
         "The layers of each position side by side."
         return x.permute(1, 0, 2).reshape(x.shape[1], -1)
 
+    def encode(self, flat:Tensor) -> EncoderOutput: # flat: [n, n_layers·d_model], the layers side by side
+        "Top-k latents of Σ_l W_enc^l a^l + b (no b_dec subtracted: Anthropic's encoder)."
+        ws = scratch((flat.shape[0], self.d_sae), self.sae.compute_dtype or flat.dtype, flat.device) if torch.is_grad_enabled() and self.training else None
+        return EncoderOutput(*TopKEncode.apply(flat, self.sae.W_enc, self.sae.b_enc, self.sae.k, self.sae.compute_dtype, ws))
+
+    def decode(self, top_acts:Tensor, top_idx:Tensor) -> Tensor: # [n, n_layers·d_model]
+        "Every layer's reconstruction through a dense code: with n_layers·d_model outputs per latent, one product beats gathering k rows per position."
+        z = torch.zeros(len(top_acts), self.d_sae, dtype=top_acts.dtype, device=top_acts.device).scatter(1, top_idx, top_acts)
+        cd = self.sae.compute_dtype
+        if cd is None: return z @ self.sae.W_dec + self.sae.b_dec
+        return (z.to(cd) @ self.sae.W_dec.to(cd)).float() + self.sae.b_dec    # bf16 products, fp32 weights (as the SAEs')
+
     def forward(self, x:Tensor, # [n_layers, n, d_model] scaled activations of every layer at the same n positions
                 dead_mask:Tensor|None=None) -> ForwardOutput:
         "Reconstruct every layer from every layer; loss = the mean over layers of their FVU, + AuxK."
         n_layers, n, d = x.shape
         flat = self.flatten(x)
-        top_acts, top_idx = self.sae.encode(flat)
-        flat_hat = self.sae.decode(top_acts, top_idx)
+        top_acts, top_idx = self.encode(flat)
+        flat_hat = self.decode(top_acts, top_idx)
         x_hat = flat_hat.view(n, n_layers, d).permute(1, 0, 2)
         fvu = layer_fvu(x, x_hat).mean()
-        var = (x - x.mean(1, keepdim=True)).pow(2).sum()
-        aux = self.sae.auxk(flat, flat_hat, dead_mask, var) if dead_mask is not None and dead_mask.any() else fvu.new_zeros(())
+        aux = self.auxk(x, flat, flat_hat, dead_mask) if dead_mask is not None and dead_mask.any() else fvu.new_zeros(())
         return ForwardOutput(x_hat, top_acts, top_idx, fvu, aux, fvu + self.sae.aux_coef * aux)
+
+    def auxk(self, x:Tensor, flat:Tensor, flat_hat:Tensor, dead_mask:Tensor) -> Tensor:
+        "AuxK (06_sae's, with this encoder): the top dead latents reconstruct the residual, over the variance of every layer."
+        sae, dead = self.sae, dead_mask.nonzero().squeeze(1)
+        k_aux = min(sae.aux_k, len(dead))
+        acts, sub = torch.nn.functional.relu(torch.nn.functional.linear(flat, sae.W_enc[dead], sae.b_enc[dead])).topk(k_aux, dim=-1, sorted=False)
+        e_hat = torch.zeros(len(acts), len(dead), dtype=acts.dtype, device=acts.device).scatter(1, sub, acts) @ sae.W_dec[dead]   # dense, as decode
+        with torch.no_grad(): var = (x - x.mean(1, keepdim=True)).pow(2).sum()
+        return min(len(dead) / sae.aux_k, 1.0) * (e_hat - (flat - flat_hat).detach()).pow(2).sum() / var
 
     def init_b_dec_(self, x:Tensor):
         "b_dec at the geometric median of the positions of `x` [n_layers, n, d_model], layers side by side."
@@ -190,7 +211,7 @@ class CleanStreams:
             missing = [l for l in cc.layers if l not in self.resid]
             if missing: raise RuntimeError(f"no clean stream of layers {missing[:3]} for this batch. Fix: evaluate inside `with CleanStreams(model, layers)`")
             x = torch.stack([self.resid[l] * s for l, s in zip(cc.layers, cc.scales)])
-            with torch.autocast(x.device.type, enabled=False): self._codes[id(cc)] = cc.sae.encode(cc.flatten(x.to(cc.sae.W_dec.dtype)))
+            with torch.autocast(x.device.type, enabled=False): self._codes[id(cc)] = cc.encode(cc.flatten(x.to(cc.sae.W_dec.dtype)))
         return self._codes[id(cc)]
 
 class CrossCoderLayer(nn.Module):

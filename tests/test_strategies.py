@@ -59,6 +59,7 @@ def test_shared_dictionary_flops_match_flop_counter(n_layers, expansion):
 def test_mlsae_forward_and_loss_match_a_loop_over_layers(n_layers, n, d, width, k):
     torch.manual_seed(n_layers)
     ml = MultiLayerSAE(d, width, k, list(range(n_layers)), [1.0] * n_layers, seed=1)
+    with torch.no_grad(): ml.sae.b_dec.normal_(0, 0.3); ml.sae.b_enc.normal_(0, 0.1)
     x = torch.randn(n_layers, n, d) * torch.linspace(0.1, 10, n_layers)[:, None, None] + 2
     out = ml(x)
     fvus = []
@@ -77,10 +78,11 @@ def test_mlsae_forward_and_loss_match_a_loop_over_layers(n_layers, n, d, width, 
 def test_crosscoder_forward_and_loss_match_a_loop_over_layers(n_layers, n, d, width, k):
     torch.manual_seed(n_layers)
     cc = CrossCoder(d, width, k, list(range(n_layers)), [1.0] * n_layers, seed=2)
+    with torch.no_grad(): cc.sae.b_dec.normal_(); cc.sae.b_enc.normal_(0, 0.1)     # biases that matter
     x = torch.randn(n_layers, n, d) * torch.linspace(0.5, 4, n_layers)[:, None, None]
     out = cc(x)
     W_enc, W_dec, b_dec = cc.sae.W_enc.view(width, n_layers, d), cc.sae.W_dec.view(width, n_layers, d), cc.sae.b_dec.view(n_layers, d)
-    pre = sum((x[l] - b_dec[l]) @ W_enc[:, l].T for l in range(n_layers)) + cc.sae.b_enc
+    pre = sum(x[l] @ W_enc[:, l].T for l in range(n_layers)) + cc.sae.b_enc         # Anthropic's encoder: Σ_l W_enc^l a^l + b
     v, i = pre.topk(k, dim=-1)
     code = torch.zeros(n, width).scatter(1, i, v.relu())
     fvus = []
