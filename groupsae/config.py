@@ -408,8 +408,9 @@ def _gemma3_cpu() -> RunConfig:
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096),
         # 13_strategies: as the embedded default's, with every ΔCE on fewer positions (the LM head is 2-3x the body): at Ĝ's
-        # budget on 1.5k tokens, the lines' on one window; FVU on the same 1.5k (about 49 min: 13_strategies)
-        strategies=StrategiesConfig(claim_tokens=1_536, sweep_ce_tokens=256))
+        # budget on 1.5k tokens, the lines' on one window; FVU on the same 1.5k; SAEs evaluated 1.5 GB at a time beside the
+        # model's 1.1 GB and its 0.5 GB logit chunks (about 49 min: 13_strategies)
+        strategies=StrategiesConfig(claim_tokens=1_536, sweep_ce_tokens=256, eval_gb=1.5))
 
 def _tiny() -> RunConfig:
     return RunConfig(
