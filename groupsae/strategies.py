@@ -5,7 +5,7 @@
 # %% ../nbs/13_strategies.ipynb #3ac27a6f
 from __future__ import annotations
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from .config import ConfigError, StrategiesConfig, STRATEGY_ARMS
 from .study import group_name, seed_name
 from .grouping import select_g, even_groups

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import contextlib, gc, math, time
 import numpy as np
-import torch
 from .config import RunConfig, use_bf16, results_dir, runs_dir, load_json, save_json, save_timings, cpu_info, TIMINGS
 from .models import blocks
 from .data import windows_needed
