@@ -191,6 +191,7 @@ def plot_geometry(geoms:dict, # {model label: geometry.json content}
         ax.plot(ls, row("top5_var_share"), ls="--", lw=1, color=line.get_color(), label=f"{name}: largest five")
         hit = [(l, s) for l, s, m in zip(ls, row("top1_var_share"), row("massive_dims")) if m]
         if hit: ax.plot(*zip(*hit), ls="none", marker="o", ms=3.5, color=line.get_color())
+    ax.plot([], [], ls="none", marker="o", ms=3.5, color="0.3", label="filled: layer with a massive dimension")
     ax.set_xlabel("layer"); ax.set_ylabel("share of the centred variance"); ax.set_ylim(0, 1)
     ax.set_title(title or "How much of each layer's variance one dimension holds")
     ax.legend(fontsize=7, loc="upper right")
