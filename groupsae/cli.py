@@ -78,7 +78,7 @@ def load_record(cfg:RunConfig, root=None) -> dict:
     return load_json(p) if p.exists() else {}
 
 # %% ../nbs/12_cli.ipynb #0c1cb44f
-BF16_FIELDS = ("activations.bf16", "train.bf16", "eval.bf16")
+BF16_FIELDS = ("activations.bf16", "train.bf16", "eval.bf16", "eval.head_bf16")
 
 def cfg_value(cfg:RunConfig, dotted:str):
     "The value of a dotted config field, e.g. 'train.bf16'."
