@@ -312,7 +312,10 @@ def _run(args, command:str) -> int:
         times = run_stages(cfg, names, root=root, force=args.force)
         wall = time.perf_counter() - t0
         if args.command == "reproduce" and first and times:   # the study's own cost, written by the study (nothing run: kept)
-            cpu = cpu_info() | {"native_bf16": bool(cpu_info()["bf16_flags"]), "bf16": resolved_bf16(cfg)["activations.bf16"][1]}
+            cpu = cpu_info() | {"bf16": resolved_bf16(cfg)["activations.bf16"][1]}
+            caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if k in os.environ}
+            if caps: cpu["isa_caps"] = caps   # instruction sets capped by the environment: the flags say what the chip has, not what ran
+            cpu["native_bf16"] = bool(cpu["bf16_flags"]) and not any(v.upper().startswith("AVX2") for v in caps.values())
             save_timings({"reproduce": {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_rss_gb(), 2), "stages_run": list(times), "cpu": cpu}},
                          results_dir(cfg.preset, root))
     print(f"\nfinished in {wall:.0f} s " + " ".join(f"{k}={v:.0f}s" for k, v in times.items()))
