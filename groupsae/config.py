@@ -109,12 +109,15 @@ class SAEConfig:
     aux_k:int|None=None # latents in the AuxK loss; None = d_model // 2 (authors' code)
     aux_coef:float=1/32 # weight of the AuxK loss
     dead_tokens:int=10_000_000 # a latent is dead after this many tokens without firing
+    normalize:str="scalar" # the SAE's input: 'scalar' (the paper's per-layer scale), 'dim', 'passthrough' or 'dim+passthrough' (06_sae, issue 27)
     def __post_init__(self):
         _check(self.expansion >= 1, "sae.expansion", "must be >= 1", "use e.g. 16")
         _check(self.k >= 1, "sae.k", "must be >= 1", "use e.g. 32 or 128")
         _check(self.aux_k is None or self.aux_k >= 1, "sae.aux_k", "must be >= 1 or None", "use None for d_model // 2")
         _check(self.aux_coef >= 0, "sae.aux_coef", "must be >= 0", "use 1/32")
         _check(self.dead_tokens > 0, "sae.dead_tokens", "must be positive", "use e.g. 10_000_000")
+        _check(self.normalize in ("scalar", "dim", "passthrough", "dim+passthrough"), "sae.normalize", f"unknown {self.normalize!r}",
+               "use 'scalar' (the paper's), 'dim', 'passthrough' or 'dim+passthrough'")
 
     def d_sae(self, d_model:int) -> int:
         "Number of latents for a model of width `d_model`; checks k fits."

@@ -18,16 +18,28 @@ from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, pl
 from .precision import claim_arms, claim_layers, claim_precision, precision_summary
 
 # %% auto #0
-__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanHead', 'linear_head', 'head_logits', 'clean_head',
-           'head_losses', 'CleanPass', 'body_autocast', 'clean_pass', 'block_kwargs', 'resume', 'forward_from_layer',
-           'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'WindowSums', 'EvalOutput', 'evaluate',
-           'eval_windows', 'load_saes', 'read_eval_windows', 'run_evaluation']
+__all__ = ['CONST_DIM', 'fvu_std', 'ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanHead', 'linear_head', 'head_logits',
+           'clean_head', 'head_losses', 'CleanPass', 'body_autocast', 'clean_pass', 'block_kwargs', 'resume',
+           'forward_from_layer', 'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'WindowSums', 'EvalOutput',
+           'evaluate', 'eval_windows', 'load_saes', 'read_eval_windows', 'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #7a339933
+CONST_DIM = 1e-9   # a dimension whose variance is below this fraction of the median dimension's is constant: left out of fvu_std
+
+def fvu_std(x:torch.Tensor, # [n, d_model]
+            x_hat:torch.Tensor) -> torch.Tensor: # [n, d_model]
+    "Standardised FVU: the mean over dimensions of each one's Σ(x − x̂)² / Σ(x − x̄)², constant dimensions left out."
+    x = x.double()
+    var = (x - x.mean(0)).pow(2).sum(0)
+    ok = var > CONST_DIM * var.median()
+    if not ok.any(): raise ValueError("every dimension of x is constant: the standardised FVU is undefined. Fix: evaluate on more than one distinct token")
+    return ((x - x_hat.double()).pow(2).sum(0)[ok] / var[ok]).mean()
+
 class ReconStats:
     "Streaming float64 sums of the reconstruction metrics of one (SAE, layer) pair."
     def __init__(self, d_sae:int):
         self.d_sae, self.n, self.d, self.sums, self.sum_x, self.fired = d_sae, 0, 0, None, None, None
+        self.dim_sse = self.dim_sq = None   # per-dimension Σ(x − x̂)² and Σx², for the standardised FVU
 
     def update(self, x:torch.Tensor, # [n, d_model] inputs in the SAE's scaled space
                x_hat:torch.Tensor, # [n, d_model] reconstructions, same space
@@ -36,23 +48,29 @@ class ReconStats:
         "Add one batch of tokens (the batch also defines SAELens's per-batch mean)."
         if len(x) == 0: return
         x = x.double()
-        err = (x - x_hat.double()).pow(2).sum(-1)
+        e2 = (x - x_hat.double()).pow(2)
+        err = e2.sum(-1)
         dev = (x - x.mean(0)).pow(2).sum(-1)
         on = top_acts > 0
         new = torch.stack([err.sum(), x.pow(2).sum(), (1 - err / dev).sum(), on.sum().double()])
         if self.sums is None:
-            self.sums, self.sum_x = new, x.sum(0)
+            self.sums, self.sum_x, self.dim_sse, self.dim_sq = new, x.sum(0), e2.sum(0), x.pow(2).sum(0)
             self.fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-        else: self.sums, self.sum_x = self.sums + new, self.sum_x + x.sum(0)
+        else:
+            self.sums, self.sum_x = self.sums + new, self.sum_x + x.sum(0)
+            self.dim_sse, self.dim_sq = self.dim_sse + e2.sum(0), self.dim_sq + x.pow(2).sum(0)
         self.fired[top_idx[on]] = True
         self.n, self.d = self.n + len(x), x.shape[1]
 
     def result(self) -> dict:
-        "FVU, SAELens explained variance, MSE, L0 and dead fraction over everything added."
+        "FVU, standardised FVU, SAELens explained variance, MSE, L0 and dead fraction over everything added."
         if not self.n: raise ValueError("no tokens were added. Fix: evaluate on windows with at least one non-special token")
         sse, sum_sq, ev, nnz = self.sums.tolist()
         var = sum_sq - self.sum_x.pow(2).sum().item() / self.n
-        return {"n_tokens": self.n, "fvu": sse / var, "ev_saelens": ev / self.n, "mse": sse / (self.n * self.d),
+        dim_var = self.dim_sq - self.sum_x.pow(2) / self.n
+        ok = dim_var > CONST_DIM * dim_var.median()
+        std = (self.dim_sse[ok] / dim_var[ok]).mean().item() if ok.any() else None   # None: every dimension constant
+        return {"n_tokens": self.n, "fvu": sse / var, "fvu_std": std, "ev_saelens": ev / self.n, "mse": sse / (self.n * self.d),
                 "l0": nnz / self.n, "dead_frac": 1 - self.fired.double().mean().item()}
 
 # %% ../nbs/08_evaluate.ipynb #1011ee9c
@@ -193,17 +211,21 @@ def forward_from_layer(model, hidden:torch.Tensor, # [batch, seq, d_model] outpu
 # %% ../nbs/08_evaluate.ipynb #3293ef68
 @torch.no_grad()
 def reconstruct(sae, x:torch.Tensor, # [n, d_model] raw activations of one layer
-                scale:float): # that layer's input scale
+                scale:float, # that layer's input scale
+                layer:int|None=None): # the layer, for an SAE that normalises each of its layers its own way (06_sae `normalize`)
     "(x·scale, x̂ in the scaled space, the encoder output) for one layer's activations; the SAE runs in its own dtype, outside any autocast."
     with torch.autocast(x.device.type, enabled=False):
         xs = x.to(sae.W_dec.dtype) * scale
-        enc = sae.encode(xs)
-        return xs, sae.decode(enc.top_acts, enc.top_idx), enc
+        if getattr(sae, "normalize", "scalar") == "scalar":   # the paper's recipe (and SAEs read from other libraries)
+            enc = sae.encode(xs)
+            return xs, sae.decode(enc.top_acts, enc.top_idx), enc
+        enc = sae.encode(xs, layer)
+        return xs, sae.decode(enc.top_acts, enc.top_idx, layer, xs), enc
 
-def splice(sae, scale:float, keep:torch.Tensor) -> Callable:
+def splice(sae, scale:float, keep:torch.Tensor, layer:int|None=None) -> Callable:
     "A function h [batch, seq, d_model] -> h with the `keep` positions replaced by the SAE's reconstruction, divided back by `scale`."
     def f(h):
-        _, x_hat, _ = reconstruct(sae, h[keep], scale)
+        _, x_hat, _ = reconstruct(sae, h[keep], scale, layer)
         out = h.clone()
         out[keep] = (x_hat / scale).to(h.dtype)
         return out
@@ -354,7 +376,7 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
             for i, p in enumerate(q for q in pairs if q in rp or q in cpairs):
                 if i % 25 == 24: trim_heap()   # bounds the heap's fragmentation by the pairs' temporaries (see below)
                 sae, l, s = saes[p[0]], p[1], scale[p]
-                xs, x_hat, enc = reconstruct(sae, cp.resid[l][keep], s)
+                xs, x_hat, enc = reconstruct(sae, cp.resid[l][keep], s, l)
                 if p in rp:
                     rec[p].update(xs, x_hat, enc.top_acts, enc.top_idx)
                     if p in fvu_w: fvu_w[p].update(xs, x_hat, win_keep)
@@ -365,7 +387,7 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
                 bar.update()
             sync(); t2 = time.perf_counter(); secs["pairs"] += t2 - t1
             for name, assign in sett.items():
-                rep = {l: splice(saes[n], scale[(n, l)], keep) for l, n in assign.items()}
+                rep = {l: splice(saes[n], scale[(n, l)], keep, l) for l, n in assign.items()}
                 c, k = head_losses(model, spliced_forward(model, ids, rep, pos, head=False, bf16=bf16), targets, clean, chunk, head_bf16)
                 sp[name].index_add_(0, win_pos, torch.stack([c, k], 1).double().cpu())
                 bar.update()
