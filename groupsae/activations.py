@@ -305,7 +305,7 @@ def training_batches(cfg:RunConfig, inp:StudyInputs, root=None, layers=None, sta
     return iter(tqdm(batches, total=math.ceil((stop - start) / cfg.data.batch_size), desc=f"{desc} (from the cache)", unit="batch"))
 
 def run_activations(cfg:RunConfig, root=None) -> dict:
-    "Say whether bf16 runs and why, write the activation cache, estimate each layer's input scale; results/<preset>/scales.json."
+    "Say whether bf16 runs and why, write the activation cache, estimate each layer's input scale (scales.json) and the layers' geometry (geometry.json, 03a)."
     inp = study_inputs(cfg)
     a, device = cfg.activations, next(inp.model.parameters()).device
     bf16, why = resolve_bf16(a.bf16, device)
@@ -323,6 +323,8 @@ def run_activations(cfg:RunConfig, root=None) -> dict:
         save_timings({"activations": {"cache_forward_s": c.manifest["meta"]["forward_s"], "scales_s": round(time.perf_counter() - t0, 2)}},
                      results_dir(cfg.preset, root))
     save_json(out, results_dir(cfg.preset, root) / "scales.json", n=6)
+    from groupsae.geometry import run_geometry   # 03a builds on this module: imported here, not at the top
+    run_geometry(cfg, root, progress=False, inp=inp)   # geometry.json: variance shares and massive dimensions of every layer
     return out
 
 def load_scales(preset:str, root=None) -> dict:

@@ -34,7 +34,8 @@ class Stage:
 
 STAGES = (
     Stage("activations", "groupsae.activations", "run_activations", ("seed", "model", "data", "activations"),
-          "load the model, estimate each layer's input scale (results/P/scales.json)", ("scales.json",)),
+          "load the model, write the activation cache, each layer's input scale and geometry (scales.json, geometry.json)",
+          ("scales.json", "geometry.json")),
     Stage("distances", "groupsae.distances", "run_distances", ("distances",),
           "angular distances between every pair of layers (results/P/distances.json)", ("distances.json",)),
     Stage("group", "groupsae.grouping", "run_grouping", ("grouping",),
