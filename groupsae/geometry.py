@@ -156,7 +156,14 @@ def sae_stats(self:LayerStats, layers, ratio:float=MASSIVE_RATIO) -> tuple:
     massive = self.massive_dims(ratio)
     return self.mean[r].float(), self.std()[r].float(), sorted({d for i in r for d in massive[i]})
 
-# %% ../nbs/03a_geometry.ipynb #40559f4b
+@patch
+def apply_to_(self:LayerStats, sae, ratio:float=MASSIVE_RATIO):
+    "Give `sae` (a TopKSAE whose `normalize` is not 'scalar') the statistics of the layers it serves, and, where its mode passes dims through, their massive dims; returns it."
+    mean, std, massive = self.sae_stats(sae.layers, ratio)
+    sae.set_stats_(mean, std, massive if sae.normalize.endswith("passthrough") else ())
+    return sae
+
+# %% ../nbs/03a_geometry.ipynb #0a1f486c
 VIEWS = ("centre", "standardise", "drop_massive")
 
 def distance_view(acts:Tensor, # [n_layers, n_tokens, d_model], the rows of `stats.layers`
@@ -170,7 +177,7 @@ def distance_view(acts:Tensor, # [n_layers, n_tokens, d_model], the rows of `sta
         if drop: x[..., drop] = 0
     return x.to(acts.dtype)
 
-# %% ../nbs/03a_geometry.ipynb #0a16ee32
+# %% ../nbs/03a_geometry.ipynb #d4ae7029
 def plot_geometry(geoms:dict, # {model label: geometry.json content}
                   title:str|None=None):
     "Share of the centred variance in each layer's largest dimension (solid) and largest five (dashed); filled markers: layers with massive dimensions."
@@ -189,7 +196,7 @@ def plot_geometry(geoms:dict, # {model label: geometry.json content}
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
-# %% ../nbs/03a_geometry.ipynb #84250398
+# %% ../nbs/03a_geometry.ipynb #d8f92101
 def run_geometry(cfg:RunConfig, root=None, progress:bool=True, inp=None) -> dict:
     "The diagnostic alone: per-dimension statistics of every layer over the first activations.n_scale_tokens training tokens (the scales' sample); writes results/<preset>/geometry.json and runs/<preset>/dim_stats.safetensors."
     inp = inp or study_inputs(cfg)
