@@ -48,7 +48,7 @@ reproduce: $(STAMP)
 scaling: $(STAMP)
 	$(BIN)/groupsae scaling --preset $(PRESET)
 
-# Circuit faithfulness (09f_circuits), after `make reproduce`: attribution-patched circuits of the baseline, G-hat, G = 1 and even SAEs
+# Circuit faithfulness (09f_circuits, 09g_attribution, 09h_circuit_study), after `make reproduce`: attribution-patched circuits of the baseline, G-hat, G = 1, even and untrained SAEs, error terms kept and as nodes
 circuits: $(STAMP)
 	$(BIN)/groupsae circuits --preset $(PRESET)
 

@@ -3,7 +3,8 @@
 Issue: beside a second busy PyTorch process (even at nice 19) the train step of the embedded default slowed about six-fold
 on 2 cores, not two-fold. Suspect: OpenMP threads spin while they wait for a descheduled sibling at the end of every
 parallel region. Each configuration runs in a fresh process (OMP_WAIT_POLICY is read when the OpenMP runtime loads):
-the step of 4 TopK SAEs (d_model 576, 4x, k 32, batches of 2,048 tokens, bf16 products: the smollm2-cpu preset's shape)
+the step of 4 TopK SAEs (d_model 576, 4x, k 32, batches of 2,048 tokens: the smollm2-cpu preset's shape; bf16 products
+where `resolve_bf16("auto")` finds them fast on this CPU, as the preset does, fp32 elsewhere)
 timed alone, then beside a competitor (another PyTorch process doing 2-thread matmuls), at nice 19 and at nice 0.
 Prints ms per SAE step for each, and the slowdown ratio loaded/alone. Run alone on the machine:
 .venv/bin/python bench/bench_contention.py [--seconds 12]
@@ -12,14 +13,16 @@ import argparse, os, subprocess, sys, time
 STEP = r'''
 import os, sys, time, torch
 from groupsae.sae import TopKSAE
+from groupsae.config import use_bf16
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
 saes = [TopKSAE(576, 2304, 32, seed=i) for i in range(4)]
 opts = [torch.optim.Adam(s.parameters(), lr=1e-3) for s in saes]
 x = torch.randn(2048, 576)
+BF16 = use_bf16("auto")
 def step():
     for s, o in zip(saes, opts):
-        with torch.autocast("cpu", dtype=torch.bfloat16): out = s(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16): out = s(x)
         out.loss.backward(); o.step(); o.zero_grad(set_to_none=True)
 step(); step()
 t0, n = time.perf_counter(), 0

@@ -4,19 +4,22 @@
 
 # %% ../nbs/03_activations.ipynb #c3cac00c
 from __future__ import annotations
-import contextlib, json, time
+import contextlib, hashlib, json, math, os, shutil, time, zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .models import blocks, block_output, d_model, load_model, max_context
+from .distributed import rank_world, barrier
 from .data import keep_mask, prepare_data, special_ids, Split
-from .config import RunConfig, results_dir, save_json, load_json, atomic_write
+from .config import RunConfig, results_dir, runs_dir, save_json, save_timings, load_json, atomic_write, use_bf16, resolve_bf16
 
 # %% auto #0
-__all__ = ['check_layers', 'residual_streams', 'to_device', 'iter_activations', 'estimate_scales', 'write_cache',
-           'ActivationCache', 'StudyInputs', 'study_inputs', 'run_activations', 'load_scales']
+__all__ = ['check_layers', 'residual_streams', 'to_device', 'activation_dtype', 'iter_activations', 'scales_from_batches',
+           'estimate_scales', 'CacheSpaceError', 'CacheInvalid', 'write_cache', 'ActivationCache', 'StudyInputs',
+           'study_inputs', 'cache_path', 'cache_key', 'cache_windows', 'ensure_cache', 'training_batches',
+           'run_activations', 'load_scales']
 
 # %% ../nbs/03_activations.ipynb #ddb16704
 class _StopForward(Exception): "Raised by the deepest hook to end the forward pass early."
@@ -67,10 +70,15 @@ def to_device(x:torch.Tensor, device) -> torch.Tensor:
     if device.type == "cuda" and x.device.type == "cpu": return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
 
+def activation_dtype(bf16:bool) -> torch.dtype:
+    "The dtype activations are kept in: bf16 when the forward ran under bf16 autocast (its products carry bf16 precision), else fp32."
+    return torch.bfloat16 if bf16 else torch.float32
+
 def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8, special=(), bf16:bool=False,
                      scales:torch.Tensor|None=None, progress:bool=True, desc:str="activations", with_ids:bool=False) -> Iterator:
-    "Yield [n_layers, n_tokens, d_model] activations of the kept positions, batch by batch (and their token ids if `with_ids`)."
+    "Yield [n_layers, n_tokens, d_model] activations of the kept positions, batch by batch (and their token ids if `with_ids`); under bf16 rounded to bf16 as the cache keeps them."
     dev = next(model.parameters()).device
+    bf16 = use_bf16(bf16, dev)                       # True, False or "auto"
     n_tok, t0 = 0, time.perf_counter()
     bar = tqdm(total=int(keep_mask(windows, special).sum()) if len(special) else windows.numel(), unit="tok",
                unit_scale=True, desc=desc, disable=not progress)
@@ -78,6 +86,7 @@ def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8,
         ids = windows[i:i + batch_size]
         keep = keep_mask(ids, special) if len(special) else torch.ones_like(ids, dtype=torch.bool)   # where the windows live
         acts = residual_streams(model, to_device(ids, dev), layers, bf16, keep)
+        if bf16: acts = acts.to(torch.bfloat16).float()   # the values a bf16 cache holds: cached and uncached runs agree bit for bit
         if scales is not None: acts *= scales.to(acts.device)[:, None, None]
         n_tok += acts.shape[1]; bar.update(acts.shape[1])
         yield (acts, to_device(ids[keep], dev)) if with_ids else acts
@@ -86,13 +95,11 @@ def iter_activations(model, windows:torch.Tensor, layers=None, batch_size:int=8,
                        f"({n_tok / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s)")
 
 # %% ../nbs/03_activations.ipynb #3e335cf7
-def estimate_scales(model, windows:torch.Tensor, layers=None, n_tokens:int=50_000, mode:str="mean_norm",
-                    batch_size:int=8, special=(), bf16:bool=False, progress:bool=False) -> torch.Tensor:
-    "Per-layer factors [n_layers] that bring the mean norm ('mean_norm') or mean squared norm ('mean_sq_norm') to 1."
-    if mode == "none": return torch.ones(len(check_layers(layers, len(blocks(model)))))
+def scales_from_batches(batches, n_tokens:int, mode:str="mean_norm") -> torch.Tensor:
+    "Per-layer factors [n_layers] that bring the mean norm ('mean_norm') or mean squared norm ('mean_sq_norm') of the first `n_tokens` positions to 1."
     if mode not in ("mean_norm", "mean_sq_norm"): raise ValueError(f"unknown scale mode {mode!r}. Fix: use 'mean_norm', 'mean_sq_norm' or 'none'")
     total, seen = None, 0
-    for acts in iter_activations(model, windows, layers, batch_size, special, bf16, progress=progress, desc="scales"):
+    for acts in batches:
         acts = acts[:, : n_tokens - seen].double()
         stat = acts.norm(dim=-1) if mode == "mean_norm" else acts.pow(2).sum(-1)
         total = stat.sum(1) if total is None else total + stat.sum(1)
@@ -101,36 +108,126 @@ def estimate_scales(model, windows:torch.Tensor, layers=None, n_tokens:int=50_00
     mean = total / seen
     return (1 / (mean if mode == "mean_norm" else mean.sqrt())).float()
 
+def estimate_scales(model, windows:torch.Tensor, layers=None, n_tokens:int=50_000, mode:str="mean_norm",
+                    batch_size:int=8, special=(), bf16:bool=False, progress:bool=False) -> torch.Tensor:
+    "`scales_from_batches` over the model's activations of `windows`."
+    if mode == "none": return torch.ones(len(check_layers(layers, len(blocks(model)))))
+    return scales_from_batches(iter_activations(model, windows, layers, batch_size, special, bf16, progress=progress, desc="scales"),
+                               n_tokens, mode)
+
 # %% ../nbs/03_activations.ipynb #0dc06972
-def write_cache(out_dir, batches, layers:list[int], meta:dict|None=None, dtype=np.float32) -> Path:
-    "Write activation batches ([n_layers, n_tokens, d_model] each) as shards plus a manifest written last."
+class CacheSpaceError(OSError):
+    "The disk has no room for the activation cache; the message names the cache and the room it needs."
+
+class CacheInvalid(ValueError):
+    "An activation cache that cannot be used as it is: `.reason` says why (absent, partial, stale or corrupt)."
+    def __init__(self, path, reason:str): super().__init__(f"activation cache {path}: {reason}"); self.path, self.reason = path, reason
+
+_BITS = {torch.float32: np.float32, torch.bfloat16: np.uint16}   # NumPy has no bfloat16: its bits are stored as uint16
+_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+def _as_numpy(acts:torch.Tensor, dtype:torch.dtype) -> np.ndarray:
+    t = acts.detach().to("cpu", dtype).contiguous()
+    return t.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else t.numpy()
+
+def _reserve(f, nbytes:int, path:Path):
+    "Claim the file's blocks now: a full disk fails here with a clear line, not as a crash in the middle."
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes:
+        raise CacheSpaceError(f"activation cache {path} needs {nbytes / 1e9:.2f} GB but its disk has {free / 1e9:.2f} GB free. "
+                              "Fix: free some space, run with --out on a disk with room, or set activations.cache=false "
+                              "(the model then runs once per stage instead)")
+    if hasattr(os, "posix_fallocate"): os.posix_fallocate(f.fileno(), 0, nbytes)
+
+def write_cache(out_dir, batches, layers:list, window_tokens:list, d_model:int,
+                dtype:torch.dtype=torch.float32, meta:dict|None=None, progress:bool=False) -> Path:
+    "Write activation batches ([n_layers, n_tokens, d_model] each, in window order) as one array, then its manifest."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)   # the cache is incomplete until the manifest is back
-    shards, n_tok, d = [], 0, None
-    for i, acts in enumerate(batches):
-        name = f"shard_{i:05d}.npy"
-        np.save(out / name, acts.cpu().numpy().astype(dtype))
-        shards.append({"file": name, "n_tokens": acts.shape[1]}); n_tok += acts.shape[1]; d = acts.shape[2]
-    manifest = {"layers": list(layers), "d_model": d, "n_tokens": n_tok, "dtype": np.dtype(dtype).name,
-                "shards": shards, "meta": meta or {}}
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    manifest, data = out / "manifest.json", out / "acts.npy"
+    manifest.unlink(missing_ok=True)             # incomplete until the manifest is back
+    shape, n_tok = (len(layers), int(sum(window_tokens)), d_model), int(sum(window_tokens))
+    np_dtype, item = _BITS[dtype], torch.empty((), dtype=dtype).element_size()
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0,), np_dtype)) | {"shape": shape}
+    t0, crc, at = time.perf_counter(), [0] * len(layers), 0
+    try:
+        with open(data, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            offset = f.tell()
+            _reserve(f, offset + math.prod(shape) * item, data)
+            for acts in tqdm(batches, desc="writing the activation cache", unit="batch", disable=not progress):
+                arr, n = _as_numpy(acts, dtype), acts.shape[1]
+                if arr.shape[0] != len(layers) or arr.shape[2] != d_model or at + n > n_tok:
+                    raise ValueError(f"batch of shape {tuple(arr.shape)} does not fit a cache of shape {shape} at token {at}")
+                for l in range(len(layers)):   # layer l's rows are contiguous in the file and arrive in token order
+                    os.pwrite(f.fileno(), arr[l].tobytes(), offset + (l * n_tok + at) * d_model * item)
+                    crc[l] = zlib.crc32(arr[l], crc[l])
+                at += n
+            f.flush(); os.fsync(f.fileno())
+    except OSError as e:
+        data.unlink(missing_ok=True)             # nothing half-written stays behind
+        if e.errno == 28 and not isinstance(e, CacheSpaceError):
+            raise CacheSpaceError(f"activation cache {data}: the disk filled up while writing {math.prod(shape) * item / 1e9:.2f} GB. "
+                                  "Fix: free some space, use --out on a disk with room, or set activations.cache=false") from e
+        raise
+    if at != n_tok: data.unlink(); raise ValueError(f"the batches held {at} tokens, the windows {n_tok}")
+    m = {"layers": list(layers), "d_model": d_model, "n_tokens": n_tok, "dtype": str(dtype).split(".")[-1],
+         "window_tokens": [int(t) for t in window_tokens], "bytes": data.stat().st_size, "crc32": crc,
+         "write_s": round(time.perf_counter() - t0, 2), "meta": meta or {}}
+    atomic_write(manifest, json.dumps(m))
     return out
 
 class ActivationCache:
-    "Stream a cache written by `write_cache`, shard by shard, memory-mapped."
-    def __init__(self, path):
+    "An activation cache written by `write_cache`, checked when opened, read batch by batch through a memory map."
+    def __init__(self, path, key:str|None=None, verify:bool=True): # key: refuse a cache written for another key; verify: check the CRCs
         self.path = Path(path)
-        if not (self.path / "manifest.json").exists():
-            raise FileNotFoundError(f"{self.path} holds no complete activation cache (no manifest.json). "
-                                    "Fix: rerun the extraction that writes it; an interrupted write leaves no manifest")
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
-        self.layers, self.n_tokens = self.manifest["layers"], self.manifest["n_tokens"]
-        missing = [s["file"] for s in self.manifest["shards"] if not (self.path / s["file"]).exists()]
-        if missing: raise FileNotFoundError(f"{self.path}: shards {missing[:3]} missing. Fix: delete the folder and rewrite the cache")
-    def __len__(self): return len(self.manifest["shards"])
-    def __iter__(self):
-        for s in self.manifest["shards"]:
-            yield torch.from_numpy(np.load(self.path / s["file"], mmap_mode="r"))
+        mf = self.path / "manifest.json"
+        if not mf.exists():
+            raise CacheInvalid(self.path, "partial: no manifest (an interrupted write)" if (self.path / "acts.npy").exists() else "absent")
+        try: self.manifest = json.loads(mf.read_text())
+        except ValueError: raise CacheInvalid(self.path, "corrupt: its manifest is not JSON") from None
+        m = self.manifest
+        if key is not None and m.get("meta", {}).get("key") != key:
+            raise CacheInvalid(self.path, f"stale: written for key {m.get('meta', {}).get('key')}, this run's is {key}")
+        self.layers, self.n_tokens, self.d_model = m["layers"], m["n_tokens"], m["d_model"]
+        self.dtype = _DTYPE_NAMES[m["dtype"]]
+        self.offsets = np.concatenate([[0], np.cumsum(m["window_tokens"])]).astype(np.int64)   # first token of each window
+        data = self.path / "acts.npy"
+        if not data.exists() or data.stat().st_size != m["bytes"]:
+            raise CacheInvalid(self.path, f"partial: acts.npy holds {data.stat().st_size if data.exists() else 0:,} bytes, "
+                                          f"the manifest says {m['bytes']:,}")
+        try: mm = self._map()
+        except ValueError as e: raise CacheInvalid(self.path, f"corrupt: {e}") from None
+        if mm.shape != (len(self.layers), self.n_tokens, self.d_model):
+            raise CacheInvalid(self.path, f"corrupt: array of shape {mm.shape}, the manifest says {(len(self.layers), self.n_tokens, self.d_model)}")
+        offset = mm.offset; del mm
+        if verify:
+            bad = [l for i, (l, c) in enumerate(zip(self.layers, m["crc32"])) if self._crc(offset, i) != c]
+            if bad: raise CacheInvalid(self.path, f"corrupt: the checksums of layers {bad[:5]} differ from those written")
+    def _crc(self, offset:int, row:int, block:int=1 << 26) -> int:
+        "CRC-32 of one layer's rows, read in 64 MB blocks (plain reads: the checked bytes never join the process's memory)."
+        size = self.n_tokens * self.d_model * self.dtype.itemsize
+        crc, start = 0, offset + row * size
+        with open(self.path / "acts.npy", "rb") as f:
+            for at in range(0, size, block): crc = zlib.crc32(os.pread(f.fileno(), min(block, size - at), start + at), crc)
+        return crc
+    def _map(self): return np.load(self.path / "acts.npy", mmap_mode="r")
+    @property
+    def n_windows(self) -> int: return len(self.offsets) - 1
+    def read(self, start:int, stop:int, layers=None) -> torch.Tensor: # windows start..stop -> [n_layers, n_tokens, d_model] fp32
+        "The kept positions of windows `start`..`stop` (all layers, or `layers`), as fp32."
+        if not 0 <= start <= stop <= self.n_windows:
+            raise IndexError(f"windows {start}..{stop} outside the cache's 0..{self.n_windows}. Fix: rebuild the cache for more tokens")
+        rows = list(range(len(self.layers))) if layers is None else [self.layers.index(l) for l in layers]
+        mm = self._map()   # mapped for this batch only: the pages read leave the process's memory with the map
+        block = np.ascontiguousarray(mm[rows, self.offsets[start]:self.offsets[stop]] if rows != list(range(len(self.layers)))
+                                     else mm[:, self.offsets[start]:self.offsets[stop]])
+        del mm
+        t = torch.from_numpy(block)
+        return (t.view(torch.bfloat16) if self.dtype == torch.bfloat16 else t).float()
+    def batches(self, start:int=0, stop:int|None=None, batch_size:int=8, layers=None) -> Iterator:
+        "Windows `start`..`stop` in batches of `batch_size` windows, as `iter_activations` yields them."
+        stop = self.n_windows if stop is None else stop
+        for i in range(start, stop, batch_size): yield self.read(i, min(i + batch_size, stop), layers)
 
 # %% ../nbs/03_activations.ipynb #beecdf42
 class StudyInputs(NamedTuple):
@@ -151,15 +248,91 @@ def study_inputs(cfg:RunConfig) -> StudyInputs:
     layers = check_layers(cfg.activations.layers, len(blocks(model)))
     return StudyInputs(model, tok, split, layers, special_ids(tok) if d.exclude_bos else set())
 
+# %% ../nbs/03_activations.ipynb #ca4e0002
+def cache_path(preset:str, root=None) -> Path:
+    "Where the preset's activation cache lives (git-ignored, beside the SAE weights)."
+    return runs_dir(preset, root) / "acts"
+
+def cache_key(cfg:RunConfig, inp:StudyInputs, bf16:bool) -> str:
+    "What the cached numbers depend on: the model, the tokens, the layers and the dtype (not how many windows)."
+    what = {"model": cfg.model.__dict__, "data": cfg.data.__dict__, "layers": inp.layers, "dtype": str(activation_dtype(bf16)),
+            "special": sorted(inp.special), "torch": torch.__version__.split("+")[0]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def cache_windows(cfg:RunConfig, inp:StudyInputs) -> int:
+    "Training windows the cache holds: enough for the scales, the distances and a training pass."
+    per = cfg.data.context_len - int(len(inp.special) > 0)
+    kept = keep_mask(inp.split.train, inp.special).sum(1).cumsum(0) if inp.special else \
+           torch.arange(1, len(inp.split.train) + 1) * cfg.data.context_len
+    need_tokens = max(cfg.distances.n_tokens, cfg.activations.n_scale_tokens)   # readers that stop at a token count
+    by_tokens = int(torch.searchsorted(kept, torch.tensor(need_tokens))) + 1
+    return min(len(inp.split.train), max(by_tokens, math.ceil(cfg.train.n_tokens / per)))   # fit's own window count
+
+def ensure_cache(cfg:RunConfig, inp:StudyInputs, root=None, progress:bool=True) -> ActivationCache:
+    "The preset's activation cache, checked, or rebuilt (one line saying why) when absent, partial, stale, corrupt or short."
+    device = next(inp.model.parameters()).device
+    bf16 = use_bf16(cfg.activations.bf16, device)
+    path, key, need = cache_path(cfg.preset, root), cache_key(cfg, inp, bf16), cache_windows(cfg, inp)
+    rank, world = rank_world()
+    if world > 1 and rank != 0: barrier()          # several processes: rank 0 checks or builds it, the others wait, then read
+    try:
+        cache = ActivationCache(path, key, verify=world == 1 or rank == 0)
+        if cache.n_windows >= need:
+            if world > 1 and rank == 0: barrier()
+            return cache
+        reason = f"short: holds {cache.n_windows} windows, this run needs {need}"
+    except CacheInvalid as e: reason = e.reason
+    if reason != "absent": print(f"activation cache {path}: {reason}; rebuilding it")
+    windows = inp.split.train[:need]
+    window_tokens = keep_mask(windows, inp.special).sum(1).tolist() if inp.special else [windows.shape[1]] * len(windows)
+    t0 = time.perf_counter()
+    stream = iter_activations(inp.model, windows, inp.layers, cfg.data.batch_size, inp.special, bf16, progress=progress,
+                              desc="activations (one forward, to the cache)")
+    write_cache(path, stream, inp.layers, window_tokens, d_model(inp.model), activation_dtype(bf16),
+                {"key": key, "preset": cfg.preset, "forward_s": None})
+    cache = ActivationCache(path, key, verify=False)
+    cache.manifest["meta"]["forward_s"] = round(time.perf_counter() - t0, 2)   # forward and write together, for the record
+    atomic_write(path / "manifest.json", json.dumps(cache.manifest))
+    print(f"activation cache {path}: {cache.n_tokens:,} tokens x {len(cache.layers)} layers in {str(cache.dtype)[6:]}, "
+          f"{cache.manifest['bytes'] / 1e9:.2f} GB, written in {cache.manifest['meta']['forward_s']:.0f} s")
+    if world > 1: barrier()
+    return cache
+
+def training_batches(cfg:RunConfig, inp:StudyInputs, root=None, layers=None, start:int=0, stop:int|None=None,
+                     progress:bool=False, desc:str="activations") -> Iterator:
+    "Unscaled activations [len(layers), n_tokens, d_model] of training windows `start`..`stop`, batch by batch: from the cache, or from the model."
+    stop = len(inp.split.train) if stop is None else stop
+    if not cfg.activations.cache:
+        bf16 = use_bf16(cfg.activations.bf16, next(inp.model.parameters()).device)
+        return iter_activations(inp.model, inp.split.train[start:stop], layers, cfg.data.batch_size, inp.special, bf16,
+                                progress=progress, desc=desc)
+    cache = ensure_cache(cfg, inp, root, progress)
+    stop = min(stop, cache.n_windows)
+    batches = cache.batches(start, stop, cfg.data.batch_size, layers)
+    if not progress: return batches
+    return iter(tqdm(batches, total=math.ceil((stop - start) / cfg.data.batch_size), desc=f"{desc} (from the cache)", unit="batch"))
+
 def run_activations(cfg:RunConfig, root=None) -> dict:
-    "Estimate each layer's input scale on training tokens; write results/<preset>/scales.json."
+    "Say whether bf16 runs and why, write the activation cache, estimate each layer's input scale (scales.json) and the layers' geometry (geometry.json, 03a)."
     inp = study_inputs(cfg)
-    a = cfg.activations
-    scales = estimate_scales(inp.model, inp.split.train, inp.layers, a.n_scale_tokens, a.scale, cfg.data.batch_size,
-                             inp.special, a.bf16, progress=True)
+    a, device = cfg.activations, next(inp.model.parameters()).device
+    bf16, why = resolve_bf16(a.bf16, device)
+    print(f"activations: {why}")
+    t0 = time.perf_counter()
+    if a.scale == "none": scales = torch.ones(len(inp.layers))
+    else: scales = scales_from_batches(training_batches(cfg, inp, root, desc="scales"), a.n_scale_tokens, a.scale)
     out = {"layers": inp.layers, "scales": scales.tolist(), "mode": a.scale, "n_tokens": a.n_scale_tokens,
-           "model": cfg.model.name, "n_layers": len(blocks(inp.model)), "d_model": inp.model.config.hidden_size}
+           "model": cfg.model.name, "n_layers": len(blocks(inp.model)), "d_model": inp.model.config.hidden_size,
+           "dtype": str(activation_dtype(bf16))[6:]}
+    if a.cache:
+        c = ensure_cache(cfg, inp, root, progress=False)
+        out["cache"] = {"n_windows": c.n_windows, "n_tokens": c.n_tokens, "n_layers": len(c.layers), "dtype": str(c.dtype)[6:],
+                        "bytes": c.manifest["bytes"]}
+        save_timings({"activations": {"cache_forward_s": c.manifest["meta"]["forward_s"], "scales_s": round(time.perf_counter() - t0, 2)}},
+                     results_dir(cfg.preset, root))
     save_json(out, results_dir(cfg.preset, root) / "scales.json", n=6)
+    from groupsae.geometry import run_geometry   # 03a builds on this module: imported here, not at the top
+    run_geometry(cfg, root, progress=False, inp=inp)   # geometry.json: variance shares and massive dimensions of every layer
     return out
 
 def load_scales(preset:str, root=None) -> dict:

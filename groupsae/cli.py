@@ -8,16 +8,17 @@ import argparse, contextlib, errno, gc, hashlib, importlib, json, os, platform, 
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from .config import (RunConfig, ConfigError, MissingFileError, CorruptFileError, get_preset, override, PRESETS,
+from .config import (atomic_write, RunConfig, ConfigError, MissingFileError, CorruptFileError, get_preset, override, PRESETS,
                              DEFAULT_PRESET, repo_root, runs_dir, results_dir, figures_dir, save_json, load_json,
-                             save_timings, TIMINGS, trim_heap)
+                             save_timings, TIMINGS, trim_heap, resolve_bf16, cpu_info)
 try: import fcntl
 except ImportError: fcntl = None   # Windows: no advisory locks; output_lock says so and goes on
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'EXIT_FAULT', 'EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EPILOG', 'Stage', 'stage_keys',
-           'load_record', 'available_stages', 'release_memory', 'run_stages', 'explain', 'LockedError', 'output_lock',
-           'sweep_temporaries', 'build_parser', 'config_from_args', 'describe_presets', 'peak_rss_gb', 'main']
+__all__ = ['STAGES', 'STAGE_NAMES', 'BF16_FIELDS', 'EXIT_FAULT', 'EXIT_CONFIG', 'EXIT_INTERRUPTED', 'EPILOG', 'Stage',
+           'stage_keys', 'load_record', 'cfg_value', 'resolved_bf16', 'available_stages', 'release_memory',
+           'run_stages', 'explain', 'LockedError', 'output_lock', 'sweep_temporaries', 'build_parser',
+           'config_from_args', 'describe_presets', 'peak_rss_gb', 'main']
 
 # %% ../nbs/12_cli.ipynb #579df8ca
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class Stage:
 
 STAGES = (
     Stage("activations", "groupsae.activations", "run_activations", ("seed", "model", "data", "activations"),
-          "load the model, estimate each layer's input scale (results/P/scales.json)", ("scales.json",)),
+          "load the model, write the activation cache, each layer's input scale and geometry (scales.json, geometry.json)",
+          ("scales.json", "geometry.json")),
     Stage("distances", "groupsae.distances", "run_distances", ("distances",),
           "angular distances between every pair of layers (results/P/distances.json)", ("distances.json",)),
     Stage("group", "groupsae.grouping", "run_grouping", ("grouping",),
@@ -54,9 +56,9 @@ STAGES = (
     Stage("scaling", "groupsae.scaling", "run_scaling", ("scaling",),
           "longer training, not part of reproduce: baseline and G-hat SAEs at multiples of the tokens (scaling.json)",
           ("scaling.json",), in_reproduce=False),
-    Stage("circuits", "groupsae.circuits", "run_circuits", (),
+    Stage("circuits", "groupsae.circuit_study", "run_circuits", (),
           "circuit faithfulness, not part of reproduce (its time budget went to the evaluation's claim sample): IOI, agreement "
-          "and greater-than circuits of the baseline, G-hat, G = 1 and even SAEs (circuits.json)", ("circuits.json",), in_reproduce=False),
+          "and greater-than circuits of the baseline, G-hat, G = 1, even and untrained SAEs, error terms kept and as nodes (circuits.json)", ("circuits.json",), in_reproduce=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES if s.in_reproduce)   # the stages `reproduce` runs, in order
 
@@ -77,6 +79,17 @@ def load_record(cfg:RunConfig, root=None) -> dict:
     return load_json(p) if p.exists() else {}
 
 # %% ../nbs/12_cli.ipynb #0c1cb44f
+BF16_FIELDS = ("activations.bf16", "train.bf16", "eval.bf16", "eval.head_bf16")
+
+def cfg_value(cfg:RunConfig, dotted:str):
+    "The value of a dotted config field, e.g. 'train.bf16'."
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+def resolved_bf16(cfg:RunConfig) -> dict:
+    "What each bf16 setting of `cfg` means on this machine: {field: [on, why]}, recorded in config.json."
+    return {f: list(resolve_bf16(cfg_value(cfg, f), cfg.model.device)) for f in BF16_FIELDS}
+
 def available_stages(stages=STAGES) -> tuple:
     "Names of the stages whose runner exists in the installed package (the study grows stage by stage)."
     out = []
@@ -107,7 +120,10 @@ def run_stages(cfg:RunConfig, names=STAGE_NAMES, root=None, force:bool=False, st
     unknown = sorted(set(names) - {s.name for s in stages})
     if unknown: raise ConfigError(f"unknown stage(s) {unknown}. Fix: use some of {[s.name for s in stages]}")
     keys, record, times, res = stage_keys(cfg, stages), load_record(cfg, root), {}, results_dir(cfg.preset, root)
-    cfg.to_json(res / "config.json")
+    resolved = resolved_bf16(cfg)
+    for f, (on, why) in resolved.items():
+        if cfg_value(cfg, f) == "auto": log(f"{f}: {why}")
+    atomic_write(res / "config.json", json.dumps(cfg.to_dict() | {"resolved": resolved}, indent=2, sort_keys=True) + "\n")
     for s in stages:
         if s.name not in names: continue
         if not force and record.get(s.name) == keys[s.name]:
@@ -297,7 +313,11 @@ def _run(args, command:str) -> int:
         times = run_stages(cfg, names, root=root, force=args.force)
         wall = time.perf_counter() - t0
         if args.command == "reproduce" and first and times:   # the study's own cost, written by the study (nothing run: kept)
-            save_timings({"reproduce": {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_rss_gb(), 2), "stages_run": list(times)}},
+            cpu = cpu_info() | {"bf16": resolved_bf16(cfg)["activations.bf16"][1]}
+            caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if k in os.environ}
+            if caps: cpu["isa_caps"] = caps   # instruction sets capped by the environment: the flags say what the chip has, not what ran
+            cpu["native_bf16"] = bool(cpu["bf16_flags"]) and not any(v.upper().startswith("AVX2") for v in caps.values())
+            save_timings({"reproduce": {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_rss_gb(), 2), "stages_run": list(times), "cpu": cpu}},
                          results_dir(cfg.preset, root))
     print(f"\nfinished in {wall:.0f} s " + " ".join(f"{k}={v:.0f}s" for k, v in times.items()))
     print(f"results: {results_dir(cfg.preset, root)}\nfigures: {figures_dir(cfg.preset, root)}\n"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #b296e198
 from __future__ import annotations
-import ctypes, dataclasses, hashlib, json, math, os, random, re, tempfile
+import ctypes, dataclasses, hashlib, json, math, os, platform, random, re, tempfile, time
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
@@ -13,10 +13,10 @@ import torch
 # %% auto #0
 __all__ = ['SPLICE_MODES', 'PRESETS', 'DEFAULT_PRESET', 'TIMINGS', 'STYLE', 'ConfigError', 'ModelConfig', 'DataConfig',
            'ActivationsConfig', 'DistanceConfig', 'GroupingConfig', 'SAEConfig', 'TrainConfig', 'EvalConfig',
-           'InterpConfig', 'SimilarityConfig', 'ScalingConfig', 'RunConfig', 'override', 'get_preset', 'set_seed',
-           'repo_root', 'results_dir', 'runs_dir', 'figures_dir', 'MissingFileError', 'CorruptFileError',
-           'atomic_write', 'round_sig', 'split_keys', 'save_json', 'save_timings', 'load_json', 'trim_heap',
-           'use_style', 'savefig']
+           'InterpConfig', 'SimilarityConfig', 'ScalingConfig', 'RunConfig', 'override', 'get_preset', 'cpu_info',
+           'bf16_speedup', 'resolve_bf16', 'use_bf16', 'set_seed', 'repo_root', 'results_dir', 'runs_dir',
+           'figures_dir', 'MissingFileError', 'CorruptFileError', 'atomic_write', 'round_sig', 'split_keys',
+           'save_json', 'save_timings', 'load_json', 'trim_heap', 'use_style', 'savefig']
 
 # %% ../nbs/00_config.ipynb #4dff557f
 class ConfigError(ValueError):
@@ -29,6 +29,10 @@ def _check(ok:bool, field_name:str, problem:str, fix:str):
 # %% ../nbs/00_config.ipynb #7270537f
 _DTYPES = ("float32", "bfloat16", "float16")
 SPLICE_MODES = ("all", "ghat", "none")   # eval.splice: settings spliced all at once
+
+def _check_bf16(v, field_name:str):
+    _check(v is True or v is False or v == "auto", field_name, f"{v!r} is not true, false or 'auto'",
+           "use 'auto' (bf16 only where the CPU multiplies it natively and faster), true or false")
 
 @dataclass
 class ModelConfig:
@@ -62,13 +66,16 @@ class DataConfig:
 class ActivationsConfig:
     "Which residual streams to read and how to scale them."
     layers:list|None=None # layer indices; None = every layer
-    bf16:bool=False # bf16 autocast for the model forward
+    bf16:bool|str=False # bf16 autocast for the model forward: True, False or "auto" (resolve_bf16)
+    cache:bool=True # one forward per training token: the stages read the activations from an on-disk cache (runs/P/acts)
     scale:str="mean_norm" # 'mean_norm' (authors' code), 'mean_sq_norm' (paper text) or 'none'
     n_scale_tokens:int=50_000 # tokens to estimate each layer's scale
     def __post_init__(self):
         _check(self.scale in ("mean_norm", "mean_sq_norm", "none"), "activations.scale", f"unknown {self.scale!r}",
                "use 'mean_norm', 'mean_sq_norm' or 'none'")
         _check(self.n_scale_tokens > 0, "activations.n_scale_tokens", "must be positive", "use a positive integer")
+        _check_bf16(self.bf16, "activations.bf16")
+        _check(isinstance(self.cache, bool), "activations.cache", f"{self.cache!r} is not true or false", "use true or false")
         if self.layers is not None:
             _check(len(self.layers) > 0 and all(isinstance(l, int) and l >= 0 for l in self.layers), "activations.layers",
                    f"{self.layers} is not a non-empty list of layer indices >= 0", "give layer indices or None for all")
@@ -126,7 +133,7 @@ class TrainConfig:
     lr_base:float=2e-4 # the rule's numerator (the paper's 2e-4, tuned for 1B tokens)
     betas:tuple=(0.9, 0.999) # Adam
     clip:float=1.0 # gradient-norm clip
-    bf16:bool=False # bf16 autocast for the SAE step
+    bf16:bool|str=False # bf16 products in the SAE step: True, False or "auto" (resolve_bf16)
     seeds:int=1 # seeds of the arms the claims rest on (baseline, Ĝ, even, small at Ĝ); replicas train in a second pass
     checkpoint_every:int=0 # steps between checkpoints; 0 = by wall time only
     checkpoint_minutes:float=2.0 # also checkpoint after this much wall time (or 20x a write, if longer); 0 = steps only
@@ -137,6 +144,7 @@ class TrainConfig:
         _check(self.lr is None or self.lr > 0, "train.lr", "must be positive or None", "use None for the paper's rule")
         _check(self.lr_base > 0, "train.lr_base", "must be positive", "use 2e-4, the paper's")
         _check(self.clip > 0, "train.clip", "must be positive", "use 1.0")
+        _check_bf16(self.bf16, "train.bf16")
         _check(isinstance(self.seeds, int) and self.seeds >= 1, "train.seeds", f"{self.seeds!r} is not a positive integer",
                "use 1 for one seed, 3 for a spread")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", "use 0 to checkpoint by wall time only")
@@ -157,8 +165,9 @@ class EvalConfig:
     claim_tokens:int|None=None # tokens for the claim arms' ΔCE and KL (baseline, Ĝ, controls, G = 1, every seed), kept per window; None: none
     claim_layers:int|list|None=8 # where that sample runs: this many evenly spaced grouped layers, a list of layers, or None for all
     n_boot:int=2000 # bootstrap resamples of the evaluation windows for the claims' 95% intervals
-    bf16:bool=False # the transformer blocks under bf16 autocast while evaluating (the SAEs and the LM head stay fp32)
+    bf16:bool|str=False # the transformer blocks under bf16 autocast while evaluating (the SAEs and the LM head stay fp32): True, False or "auto"
     head_chunk:int=512 # positions per LM-head chunk (memory: head_chunk × vocabulary floats)
+    head_bf16:bool|str=False # the LM head's product on bf16 operands, clean and spliced alike (losses in fp32): True, False or "auto"
     def __post_init__(self):
         _check(self.n_tokens > 0 and self.batch_size > 0, "eval", "n_tokens and batch_size must be positive", "use positive integers")
         _check(self.claim_tokens is None or self.claim_tokens > 0, "eval.claim_tokens", f"{self.claim_tokens} is not positive",
@@ -168,6 +177,7 @@ class EvalConfig:
         _check(self.ce_tokens is None or 0 < self.ce_tokens <= self.n_tokens, "eval.ce_tokens",
                f"{self.ce_tokens} is not in 1..eval.n_tokens={self.n_tokens}", "use a smaller positive number, or None for all")
         _check(self.splice in SPLICE_MODES, "eval.splice", f"unknown {self.splice!r}", f"use one of {SPLICE_MODES}")
+        _check_bf16(self.bf16, "eval.bf16"); _check_bf16(self.head_bf16, "eval.head_bf16")
 
 @dataclass
 class InterpConfig:
@@ -269,7 +279,9 @@ class RunConfig:
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
-    def from_dict(cls, d:dict) -> RunConfig: return _from_dict(cls, d)
+    def from_dict(cls, d:dict) -> RunConfig:
+        "Build from a dict; a `resolved` entry (what 'auto' settings became on the machine that wrote config.json) is a record, not a setting."
+        return _from_dict(cls, {k: v for k, v in d.items() if k != "resolved"})
     def to_json(self, path=None) -> str:
         "JSON text of the config; also written atomically to `path` if given."
         s = json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -324,17 +336,18 @@ def _smollm2_cpu() -> RunConfig:
     return RunConfig(
         preset="smollm2-cpu", n_threads=2,
         data=DataConfig(context_len=256, batch_size=8, n_train_tokens=100_000, n_eval_tokens=16_384),
-        # the model forward of scales, distances and training under bf16 autocast (its weights are 4-bit GGUF already):
-        # 1.7-2x faster on CPUs with bf16 units; evaluation and interp run the model in fp32
-        activations=ActivationsConfig(n_scale_tokens=16_384, bf16=True),
+        # the model forward under bf16 autocast where the CPU multiplies bf16 natively (1.7-2x faster there; 6.5x slower on
+        # an AVX2-only CPU, so "auto" probes first); one forward per training token, read back from the on-disk cache
+        activations=ActivationsConfig(n_scale_tokens=16_384, bf16="auto"),
         distances=DistanceConfig(n_tokens=100_000, centre=True),        # the training tokens; Ĝ is stable from 16k tokens
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
         # 50 steps instead of the paper's ~7,600: 10x the paper's learning rate (same width rule) halves the FVU;
-        # bf16 products on the CPU's matrix units, fp32 weights and Adam
-        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
+        # bf16 products on the CPU's matrix units where it has them ("auto"), fp32 weights and Adam
+        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16="auto", checkpoint_every=20, seeds=3),
         # FVU of every pair on 8k tokens (33 windows); the claim arms' ΔCE and KL on the same 33 windows (8,415 positions) at
         # 5 fixed layers, every seed; the per-G curve's ΔCE on 3 windows; blocks under bf16 (08_evaluate: cost and bias)
-        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=8_192, claim_layers=5, bf16=True),
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=8_192, claim_layers=5, bf16="auto",
+                        head_bf16="auto"),
         # SmolLM2 as its own judge is at chance on latents of known meaning (09b): the LLM path is off, the LLM-free measures run
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))
@@ -346,14 +359,15 @@ def _gemma3_cpu() -> RunConfig:
         preset="gemma3-cpu", n_threads=2,
         model=ModelConfig(name="gemma3"),
         data=DataConfig(context_len=256, batch_size=8, n_train_tokens=100_000, n_eval_tokens=16_384),
-        activations=ActivationsConfig(n_scale_tokens=16_384, bf16=True),
+        activations=ActivationsConfig(n_scale_tokens=16_384, bf16="auto"),
         distances=DistanceConfig(n_tokens=100_000, centre=True),
         sae=SAEConfig(expansion=4, k=32, dead_tokens=50_000),
-        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16=True, checkpoint_every=20, seeds=3),
+        train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16="auto", checkpoint_every=20, seeds=3),
         # every ΔCE position costs a 640 x 262,144 LM-head product (0.34 GFLOP): 265 pairs' ΔCE for the per-G curve on one
         # window (256 positions), the claim arms' (49 pairs) on 4k positions at 4 layers (the claim pairs run on every
         # evaluation window, so n_tokens = claim_tokens), and the FVU of every pair on the same 4k tokens
-        eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16=True),
+        eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16="auto",
+                        head_bf16="auto"),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096))
 
@@ -378,6 +392,53 @@ def get_preset(name:str=DEFAULT_PRESET) -> RunConfig:
     "A fresh copy of the preset called `name`."
     if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}. Fix: use one of {sorted(PRESETS)} or --config FILE")
     return PRESETS[name]()
+
+# %% ../nbs/00_config.ipynb #b7f16a02
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 AVX-512 BF16, Intel AMX, Arm BF16
+_RESOLVED = {}   # device type -> (bool, reason), once per process
+
+def cpu_info() -> dict:
+    "The processor's name and its native bf16 flags (from /proc/cpuinfo where there is one)."
+    name, flags = platform.processor() or platform.machine(), set()
+    try: text = Path("/proc/cpuinfo").read_text()
+    except OSError: text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model") and name in (platform.processor(), platform.machine()): name = value.strip()
+        if key.strip() in ("flags", "Features") and not flags: flags = set(value.split())
+    return {"name": name, "bf16_flags": [f for f in _BF16_FLAGS if f in flags]}
+
+def bf16_speedup(n:int=256, d:int=576, m:int=1152, reps:int=3) -> float:
+    "fp32 time over bf16 time of one [n, d] x [d, m] CPU matmul, each the best of `reps` after a warm-up."
+    def best(dtype):
+        a, b = torch.randn(n, d, dtype=dtype), torch.randn(d, m, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
+        return min(times)
+    return best(torch.float32) / best(torch.bfloat16)
+
+def resolve_bf16(setting, # True, False or "auto"
+                 device="cpu") -> tuple: # (bf16 on?, why)
+    "Whether bf16 runs on `device`: `True`/`False` as given; `\"auto\"`: a GPU's own support, a CPU's measured speed."
+    _check_bf16(setting, "bf16")
+    if setting != "auto": return bool(setting), f"bf16 {'on' if setting else 'off'}: set in the config"
+    kind = torch.device(device).type
+    if kind not in _RESOLVED:
+        if kind == "cuda": on = torch.cuda.is_bf16_supported(); why = f"{torch.cuda.get_device_name(device)} {'supports' if on else 'lacks'} bf16"
+        elif kind != "cpu": on, why = False, f"{kind}: bf16 autocast is not used there"
+        else:
+            info, ratio = cpu_info(), bf16_speedup()
+            on = ratio >= 1.3
+            flags = ", ".join(info["bf16_flags"]) or "no native bf16 flag"
+            why = f"{info['name']} ({flags}): a bf16 matmul ran at {ratio:.2g}x the speed of fp32"
+        _RESOLVED[kind] = (on, f"auto: bf16 {'on' if on else 'off'}: {why}")
+    return _RESOLVED[kind]
+
+def use_bf16(setting, device="cpu") -> bool:
+    "`resolve_bf16`'s decision alone."
+    return resolve_bf16(setting, device)[0]
 
 # %% ../nbs/00_config.ipynb #cc6ea0b4
 def set_seed(seed:int):

@@ -12,8 +12,8 @@ from .precision import ci_verdict
 from .paper import PUBLISHED_PARTITIONS, PAPER_HEADLINE, PAPER_TABLE2, PAPER_INTERP_GAPS, PAPER_SAVING_RANGE
 
 # %% auto #0
-__all__ = ['BUILDERS', 'MODEL_PRESETS', 'MIN_CIRCUIT_ACCURACY', 'CLAIMS', 'headline_table', 'model_comparison', 'model_table',
-           'make_comparison', 'claim_verdicts', 'draw', 'make_figures']
+__all__ = ['BUILDERS', 'MODEL_PRESETS', 'CLAIMS', 'headline_table', 'model_comparison', 'model_table', 'make_comparison',
+           'claim_verdicts', 'draw', 'make_figures']
 
 # %% ../nbs/11_figures.ipynb #9f78133d
 def _pct(x): return "–" if x is None else f"{100 * x:.1f}%"
@@ -96,7 +96,9 @@ def _scaling(res, out, preset, root):
     return [savefig(_mod("scaling").plot_scaling(load_json(res / "scaling.json")), "fig_scaling", preset, root)]
 
 def _circuits(res, out, preset, root):
-    return [savefig(_mod("circuits").plot_circuits(load_json(res / "circuits.json")), "fig_circuits", preset, root)]
+    "fig_circuits, and what the circuits stage's summary keys change: the headline and the models' claims table."
+    fig = savefig(_mod("circuit_study").plot_circuits(load_json(res / "circuits.json")), "fig_circuits", preset, root)
+    return [fig, *_headline(res, out, preset, root), *make_comparison(root, log=lambda *a: None)]
 
 def _headline(res, out, preset, root):
     return [atomic_write(out / "headline.md", headline_table({preset: load_json(res / "summary.json")}))]
@@ -222,16 +224,18 @@ def _interp(arm:str):
         return text, all(g < -max(2 * sd, 1.0) for g, sd in gaps)
     return judge
 
-MIN_CIRCUIT_ACCURACY = 0.75   # below it the clean model does not do the tasks: m(M) − m(∅) is near 0 or negative and F is unstable
-
 def _faithful(s:dict, p) -> tuple:
-    "Ĝ's circuit AUC no lower than the baseline's beyond 2 sd of their seed spreads; undecided where the clean model fails the tasks."
+    "Ĝ's circuit AUC no lower than the baseline's beyond 2 sd of their seed spreads, in the variant that scores an untrained SAE clearly below the baseline (09h); not measurable where no variant does."
     b, g = s.get("baseline_faithfulness"), s.get("ghat_faithfulness")
     if None in (b, g): return "not measured", None
-    if (acc := s.get("circuit_clean_accuracy", 1.0)) < MIN_CIRCUIT_ACCURACY:
-        return f"the model fails the tasks (clean accuracy {acc:.2f}); {g:.2f} vs {b:.2f}", None
+    v, u = s.get("circuit_variant"), s.get("untrained_faithfulness")
+    if v is None or u is None: return f"{g:.2f} vs {b:.2f}, not checked against an untrained SAE", None
+    if not s.get("circuit_discriminates"):
+        checks = s.get("circuit_discrimination") or {v: {"untrained": u, "baseline": b}}
+        return "not measurable here: an untrained SAE scores " + "; ".join(
+            f"{c['untrained']:.2f} vs the baseline's {c['baseline']:.2f} (errors {w})" for w, c in checks.items()), None
     noise = 2 * float(np.hypot(s.get("baseline_faithfulness_sd") or 0, s.get("ghat_faithfulness_sd") or 0))
-    return f"{g:.2f} vs {b:.2f}", g >= b - noise
+    return f"{g:.2f} vs {b:.2f} (errors {v}; untrained {u:.2f})", g >= b - noise
 
 CLAIMS = [  # (the paper's claim, its number, the judge of a model's summary and precision section)
     ("θ = 0.2 keeps 38-50% of the layers' SAEs", f"Ĝ/L {_GL_RANGE[0]:.2f}-{_GL_RANGE[1]:.2f}", _ratio),

@@ -10,7 +10,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from safetensors.torch import save_file, load_file
 from .config import RunConfig, results_dir, runs_dir, save_json, use_style
-from .activations import study_inputs, iter_activations
+from .activations import study_inputs, iter_activations, training_batches
 
 # %% auto #0
 __all__ = ['MASSIVE_RATIO', 'STD_FLOOR', 'RULE', 'VIEWS', 'LayerStats', 'geometry', 'layer_geometry', 'distance_view',
@@ -203,8 +203,7 @@ def run_geometry(cfg:RunConfig, root=None, progress:bool=True, inp=None) -> dict
     inp = inp or study_inputs(cfg)
     n = cfg.activations.n_scale_tokens
     stats = LayerStats(inp.layers)
-    for acts in iter_activations(inp.model, inp.split.train, inp.layers, cfg.data.batch_size, inp.special,
-                                 cfg.activations.bf16, progress=progress, desc="geometry"):
+    for acts in training_batches(cfg, inp, root, progress=progress, desc="geometry"):   # the activation cache, when on
         stats.update(acts[:, : n - stats.n])
         if stats.n >= n: break
     out = {**geometry(stats), "model": cfg.model.name, "config_hash": cfg.hash()}

@@ -11,11 +11,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .config import (RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, override, results_dir,
+from .config import (use_bf16, RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, MissingFileError, override, results_dir,
                              runs_dir, save_json, load_json)
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
-from .activations import iter_activations, study_inputs, load_scales
+from .activations import iter_activations, study_inputs, load_scales, training_batches, ActivationCache, cache_path
 from .study import SAESpec, specs_for_study, study_layout, suite_costs, seed_of
 from .distributed import init_distributed, rank_world, assign_ranks, shard_path, gather_to_root, all_gather, barrier
 
@@ -26,12 +26,14 @@ __all__ = ['TIMING_KEYS', 'draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFin
 # %% ../nbs/07_train.ipynb #55973606
 def draw_layers(acts:Tensor, # [n_rows, n_tokens, d_model] activations of the trainer's layers
                 rows:Tensor, # [n] rows of `acts` holding the group's layers
-                gen:torch.Generator) -> Tensor: # [n_tokens, d_model]
-    "One activation per token from a row of `rows` drawn uniformly at random (a singleton needs no draw)."
+                gen:torch.Generator,
+                with_choice:bool=False): # also return which of `rows` each token drew ([n_tokens] indices; 0 for a singleton)
+    "One activation per token from a row of `rows` drawn uniformly at random (a singleton needs no draw): [n_tokens, d_model]."
     n = acts.shape[1]
-    if len(rows) == 1: return acts[rows[0]]
+    if len(rows) == 1: return (acts[rows[0]], 0) if with_choice else acts[rows[0]]
     choice = torch.randint(len(rows), (n,), generator=gen, device=acts.device)
-    return acts[rows[choice], torch.arange(n, device=acts.device)]
+    x = acts[rows[choice], torch.arange(n, device=acts.device)]
+    return (x, choice) if with_choice else x
 
 # %% ../nbs/07_train.ipynb #521b8c34
 def sae_step_flops(n:int, d_model:int, d_sae:int, k:int, dense_grad:bool=False, sparse:bool=True) -> int:
@@ -73,9 +75,11 @@ class Trainer:
     "Trains several SAEs, each on its own layers, from one batch of residual streams per step."
     def __init__(self, specs:list, d_model:int,
                  scales:dict, # {layer: input scale} (results/P/scales.json)
-                 sae_cfg:SAEConfig, train_cfg:TrainConfig, seed:int=0, device="cpu"):
+                 sae_cfg:SAEConfig, train_cfg:TrainConfig, seed:int=0, device="cpu",
+                 dim_stats=None): # geometry.LayerStats of the served layers, for sae.normalize other than 'scalar' (runs/P/dim_stats.safetensors)
         self.specs, self.d_model, self.sae_cfg, self.cfg = list(specs), d_model, sae_cfg, train_cfg
         self.device = torch.device(device)
+        self.bf16 = use_bf16(train_cfg.bf16, self.device)   # "auto": bf16 products only where the CPU multiplies them fast
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names): raise ConfigError(f"duplicate SAE names in {names}. Fix: give each SAESpec its own name")
         self.layers = sorted({l for s in self.specs for l in s.layers})   # rows of the activations `step` takes
@@ -83,17 +87,25 @@ class Trainer:
         missing = [l for l in self.layers if l not in scales]
         if missing: raise ConfigError(f"no input scale for layers {missing}. Fix: rerun the 'activations' stage (scales.json)")
         self.scale_t = torch.tensor([scales[l] for l in self.layers], device=self.device)
+        norm = getattr(sae_cfg, "normalize", "scalar")
+        if norm != "scalar" and dim_stats is None:
+            raise ConfigError(f"sae.normalize={norm!r} needs each layer's per-dimension statistics (runs/P/dim_stats.safetensors). "
+                              "Fix: rerun the 'activations' stage, which writes them, or use sae.normalize='scalar'")
         pos = {l: i for i, l in enumerate(self.layers)}
-        self.saes, self.opts, self.gens, self.rows, self.dead = {}, {}, {}, {}, {}
+        self.saes, self.opts, self.gens, self.rows, self.dead, self.layer_ids = {}, {}, {}, {}, {}, {}
         for s in self.specs:
             sae = TopKSAE(d_model, s.d_sae, s.k, sae_cfg.aux_k, sae_cfg.aux_coef, s.layers, [scales[l] for l in s.layers],
-                          compute_dtype=torch.bfloat16 if train_cfg.bf16 else None,
-                          seed=_seed_of(seed, s.name, "init"))          # each SAE's init depends only on (seed, name)
+                          compute_dtype=torch.bfloat16 if self.bf16 else None,
+                          seed=_seed_of(seed, s.name, "init"), normalize=norm)   # each SAE's init depends only on (seed, name)
+            if norm != "scalar":   # its own per-dimension normalisation of each served layer (06_sae); massive dims copied in '...passthrough'
+                mean, std, massive = dim_stats.sae_stats(s.layers)
+                sae.set_stats_(mean, std, massive if norm.endswith("passthrough") else ())
             self.saes[s.name] = sae.to(self.device)
             self.opts[s.name] = torch.optim.Adam(sae.parameters(), lr=train_cfg.lr_for(s.d_sae), betas=train_cfg.betas,
                                                  fused=self.device.type in ("cpu", "cuda"))
             self.gens[s.name] = torch.Generator(self.device).manual_seed(_seed_of(seed, s.name, "draw"))
             self.rows[s.name] = torch.tensor([pos[l] for l in s.layers], device=self.device)
+            self.layer_ids[s.name] = torch.tensor(s.layers, device=self.device)
             self.dead[s.name] = DeadLatentTracker(s.d_sae, sae_cfg.dead_tokens, self.device)
         n = len(self.specs)
         self.step_idx, self.loss_steps, self.last, self.history = 0, 0, {}, []   # history: [step, [fvu per SAE]] at each log
@@ -128,10 +140,11 @@ def next_batch(self:Trainer, it) -> Tensor:
 @patch
 def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     sae, opt, dead, n = self.saes[spec.name], self.opts[spec.name], self.dead[spec.name], x_all.shape[1]
-    x = draw_layers(x_all, self.rows[spec.name], self.gens[spec.name])
-    if self.step_idx == 0: sae.init_b_dec_(x)
+    x, choice = draw_layers(x_all, self.rows[spec.name], self.gens[spec.name], with_choice=True)
+    layer = None if sae.normalize == "scalar" else self.layer_ids[spec.name][choice]   # each row's own normalisation
+    if self.step_idx == 0: sae.init_b_dec_(x, layer)
     mask = dead.mask if self.sae_cfg.aux_coef > 0 and self.tokens[spec.name] >= self.sae_cfg.dead_tokens else None  # host test: no sync
-    out = sae(x, dead_mask=mask)       # train.bf16: the SAE's own bf16 matmuls (compute_dtype), weights stay fp32
+    out = sae(x, dead_mask=mask, layer=layer)       # train.bf16: the SAE's own bf16 matmuls (compute_dtype), weights stay fp32
     out.loss.backward()
     sae.remove_parallel_grad_()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.clip)
@@ -141,7 +154,7 @@ def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     if mask is not None:
         m = mask.sum(); self.aux_tokens[i] += torch.stack([m, m.clamp(max=sae.aux_k)]) * n
     self.tokens[spec.name] += n
-    self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k, dense_grad=self.cfg.bf16)
+    self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k, dense_grad=self.bf16)
     return torch.stack([out.fvu.detach(), out.auxk_loss.detach(), out.loss.detach()]).float()
 
 @patch
@@ -279,7 +292,8 @@ def fit(trainer:Trainer, model,
         on_step=None, # called with the trainer after every step
         log_fn=None, # called with (step, {name: losses}) every `log_every` steps
         restart_stale:bool=False, # ignore (and later overwrite) a checkpoint of another run instead of failing
-        checkpoint_minutes:float|None=None) -> Trainer: # wall time between checkpoints (at least 20x a write); None = trainer.cfg's, 0 = steps only
+        checkpoint_minutes:float|None=None, # wall time between checkpoints (at least 20x a write); None = trainer.cfg's, 0 = steps only
+        source=None) -> Trainer: # source(start, stop) -> batches of windows start..stop for trainer.layers (the activation cache); None = run the model
     "Train `trainer` on `windows` (one model forward per batch) until every SAE saw about `n_tokens` tokens."
     n_windows = math.ceil(n_tokens / (windows.shape[1] - int(len(special) > 0)))
     if n_windows > len(windows):
@@ -289,8 +303,9 @@ def fit(trainer:Trainer, model,
     if checkpoint is not None: _resume(trainer, checkpoint, fp, restart_stale)
     minutes = trainer.cfg.checkpoint_minutes if checkpoint_minutes is None else checkpoint_minutes
     one = rank_world()[1] == 1   # several ranks agree on a wall-time checkpoint at log steps, where they sync anyway
-    it = iter_activations(model, windows[trainer.step_idx * batch_size: n_windows], trainer.layers, batch_size, special,
-                          bf16, progress=False)
+    start = trainer.step_idx * batch_size    # a resumed run reads on from the step it stopped at
+    it = (source(start, n_windows) if source is not None else
+          iter_activations(model, windows[start: n_windows], trainer.layers, batch_size, special, use_bf16(bf16, trainer.device), progress=False))
     saved_at, write_s = time.monotonic(), 0.0   # write_s: the last checkpoint's cost, so writes take at most ~5% of the time
     with tqdm(total=n_steps, initial=trainer.step_idx, desc=f"training {len(trainer.specs)} SAEs",
               disable=not progress or rank_world()[0] != 0) as bar:   # closed on an error too, before its message
@@ -324,19 +339,26 @@ def wandb_logger(enabled:bool, name:str, config:dict):
     return lambda step, last: run.log({f"{n}/{k}": v for n, d in last.items() for k, v in d.items()}, step=step)
 
 # %% ../nbs/07_train.ipynb #2e7baf58
-TIMING_KEYS = ("wall_s", "model_forward_s", "saving_wall")   # train.json's wall-clock fields: saved to timings.json
+TIMING_KEYS = ("wall_s", "model_forward_s", "saving_wall", "cache_read_s")   # train.json's wall-clock fields: saved to timings.json
 
-def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:Path, ckpt_name:str, progress:bool=True) -> dict|None:
+def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:Path, ckpt_name:str, progress:bool=True, root=None) -> dict|None:
     "Train `specs` from one pass over the training windows, save them under runs/saes; rank 0 gets their accounting."
     rank, world = rank_world()
     device = next(inp.model.parameters()).device
     owner = assign_ranks([sae_step_flops(1, d_model, s.d_sae, s.k) for s in specs], world)
     mine = [s for s, r in zip(specs, owner) if r == rank]
-    trainer = Trainer(mine, d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, device=device)
+    stats = None
+    if cfg.sae.normalize != "scalar":   # the activations stage's per-dimension statistics (03a_geometry)
+        from groupsae.geometry import LayerStats
+        path = runs / "dim_stats.safetensors"
+        if not path.exists(): raise MissingFileError(path)
+        stats = LayerStats.load(path)
+    trainer = Trainer(mine, d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, device=device, dim_stats=stats)
     ckpt = shard_path(runs / ckpt_name, rank, world)
     log_fn = wandb_logger(cfg.train.wandb, f"{cfg.preset}-train-rank{rank}", cfg.to_dict())
+    source = (lambda a, b: training_batches(cfg, inp, root, trainer.layers, a, b)) if cfg.activations.cache else None
     fit(trainer, inp.model, inp.split.train, cfg.train.n_tokens, cfg.data.batch_size, inp.special, cfg.activations.bf16,
-        ckpt, cfg.train.checkpoint_every, cfg.train.log_every, progress, log_fn=log_fn, restart_stale=True)
+        ckpt, cfg.train.checkpoint_every, cfg.train.log_every, progress, log_fn=log_fn, restart_stale=True, source=source)
     acct = trainer.accounting()
     if world == 1: parts = [dict(acct=acct, model_s=trainer.model_s, saes=trainer.saes)]
     else: parts = gather_to_root(dict(acct=acct, model_s=trainer.model_s,
@@ -348,7 +370,7 @@ def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:P
                 if isinstance(sae, dict):   # another rank's weights: rebuild the SAE around them
                     spec = next(s for s in specs if s.name == name)
                     sd, sae = sae, TopKSAE(d_model, spec.d_sae, spec.k, cfg.sae.aux_k, cfg.sae.aux_coef, spec.layers,
-                                           [scales[l] for l in spec.layers])
+                                           [scales[l] for l in spec.layers], normalize=cfg.sae.normalize)
                     sae.load_state_dict(sd)
                 sae.save(runs / "saes" / name)
         out = {"acct": {n: a for p in parts for n, a in p["acct"].items()}, "model_s": max(p["model_s"] for p in parts),
@@ -379,12 +401,17 @@ def run_training(cfg:RunConfig, root=None, progress:bool=True) -> dict:
             if progress: print(f"train: pass {i + 1} ({len(todo)} SAEs) already done, kept")
             out = prev
         else:
-            out = _train_pass(cfg, inp, todo, scales, d_model, runs, "train_ckpt.pt" if i == 0 else f"train_ckpt_pass{i}.pt", progress)
+            out = _train_pass(cfg, inp, todo, scales, d_model, runs, "train_ckpt.pt" if i == 0 else f"train_ckpt_pass{i}.pt", progress, root)
             if rank == 0: save_json(out | {"key": key}, done)
         if rank == 0: acct |= out["acct"]; passes.append({"n_saes": len(todo), "n_steps": out["n_steps"], "model_forward_s": out["model_s"]})
     out = None
     if rank == 0:
         model_s = passes[0]["model_forward_s"]        # the costs compare arms of seed 0's study, which shared one forward
+        if cfg.activations.cache:                     # that forward ran once, into the cache: its share for the training windows
+            c = ActivationCache(cache_path(cfg.preset, root), verify=False)   # checked by every rank when the passes read it
+            n_win = math.ceil(cfg.train.n_tokens / (cfg.data.context_len - int(len(inp.special) > 0)))
+            model_s = c.manifest["meta"]["forward_s"] * min(1, n_win / c.n_windows)
+            passes = [{"n_saes": p["n_saes"], "n_steps": p["n_steps"], "cache_read_s": p["model_forward_s"]} for p in passes]
         layout = study_layout(groups, n_layers, cfg.train.seeds)
         out = {"config_hash": cfg.hash(), "world_size": world, "device": str(device), "n_saes": len(specs),
                "n_seeds": cfg.train.seeds, "passes": passes,
