@@ -25,7 +25,7 @@ import argparse, json, math, platform, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import torch
-from groupsae.config import get_preset, override, round_sig
+from groupsae.config import get_preset, override, round_sig, use_bf16
 from groupsae.activations import study_inputs, iter_activations, load_scales
 from groupsae.geometry import LayerStats, VIEWS, distance_view
 from groupsae.distances import AngularDistances
@@ -60,7 +60,7 @@ def build_trainer(cfg, layers, modes, d_model, scales, stats, device="cpu"):
     for s in specs:   # rebuilt with the recipe's normalisation (the Trainer builds 'scalar' SAEs)
         mode, l = s.name.split("/")[0], s.layers[0]
         sae = TopKSAE(d_model, s.d_sae, s.k, cfg.sae.aux_k, cfg.sae.aux_coef, [l], [scales[l]],
-                      compute_dtype=torch.bfloat16 if cfg.train.bf16 else None, seed=_seed_of(cfg.seed, f"L{l:02d}", "init"),
+                      compute_dtype=torch.bfloat16 if tr.bf16 else None, seed=_seed_of(cfg.seed, f"L{l:02d}", "init"),
                       normalize=mode)
         if mode != "scalar": stats.apply_to_(sae)
         tr.saes[s.name] = sae.to(device)
@@ -71,7 +71,7 @@ def build_trainer(cfg, layers, modes, d_model, scales, stats, device="cpu"):
 def group_views(model, inp, cfg, n_tokens, threshold):
     "Ĝ, its AMAD and groups of every layer but the last, under each distance view, on n_tokens training tokens."
     L = len(blocks(model)); layers = list(range(L))
-    batches = collect(model, inp.split.train, layers, cfg.data.batch_size, inp.special, cfg.activations.bf16, n_tokens)
+    batches = collect(model, inp.split.train, layers, cfg.data.batch_size, inp.special, use_bf16(cfg.activations.bf16), n_tokens)
     st = LayerStats(layers)
     for b in batches: st.update(b)
     out = {"n_tokens": st.n, "massive_union": sorted({d for ds in st.massive_dims() for d in ds})}
@@ -104,10 +104,12 @@ def run_model(name, args):
     dead_tokens = args.dead_tokens or max(1, round(cfg.sae.dead_tokens * args.train_tokens / cfg.train.n_tokens))
     cfg = override(cfg, **{"sae.dead_tokens": dead_tokens, "train.n_tokens": args.train_tokens})
     res = {"model": cfg.model.name, "preset": cfg.preset, "layers": layers, "modes": list(modes), "train_tokens": args.train_tokens,
-           "expansion": cfg.sae.expansion, "k": cfg.sae.k, "lr": cfg.train.lr_for(cfg.sae.d_sae(d_model)), "bf16": cfg.train.bf16,
+           "expansion": cfg.sae.expansion, "k": cfg.sae.k, "lr": cfg.train.lr_for(cfg.sae.d_sae(d_model)),
+           "bf16": {k: use_bf16(v) for k, v in (("forward", cfg.activations.bf16), ("sae", cfg.train.bf16), ("eval_blocks", cfg.eval.bf16),
+                                                 ("eval_head", getattr(cfg.eval, "head_bf16", False)))},
            "dead_tokens": dead_tokens, "seconds": {"load": time.perf_counter() - t0}}
     t = time.perf_counter()
-    batches = collect(model, inp.split.train, layers, cfg.data.batch_size, inp.special, cfg.activations.bf16, args.train_tokens)
+    batches = collect(model, inp.split.train, layers, cfg.data.batch_size, inp.special, use_bf16(cfg.activations.bf16), args.train_tokens)
     stats = LayerStats(layers)
     for b in batches: stats.update(b)
     res["seconds"]["extract"] = time.perf_counter() - t
@@ -123,7 +125,8 @@ def run_model(name, args):
     t = time.perf_counter()
     windows = inp.split.eval[: args.eval_windows]
     ev = evaluate(model, windows, saes, [(n, s.layers[0]) for n, s in saes.items()], scales, inp.special, cfg.eval.batch_size,
-                  ce=True, progress=False, bf16=cfg.eval.bf16, chunk=cfg.eval.head_chunk)
+                  ce=True, progress=False, bf16=res["bf16"]["eval_blocks"], chunk=cfg.eval.head_chunk,
+                  **({"head_bf16": res["bf16"]["eval_head"]} if hasattr(cfg.eval, "head_bf16") else {}))
     res["seconds"]["evaluate"] = time.perf_counter() - t
     res["clean_ce"], res["n_eval_tokens"], res["n_ce_positions"] = ev.clean_ce, ev.n_tokens, ev.n_ce
     res["pairs"] = {n: {k: m[k] for k in ("fvu", "fvu_std", "dead_frac", "l0", "delta_ce", "kl")} | {"train_dead_frac": acct[n]["dead_frac"],
@@ -138,7 +141,7 @@ def run_model(name, args):
 
 def print_model(r):
     print(f"\n## {r['model']} ({r['preset']}): {r['train_tokens']:,} training tokens per SAE, expansion {r['expansion']}, k {r['k']}, "
-          f"lr {r['lr']:.3g}, bf16 SAE products {r['bf16']}, dead after {r['dead_tokens']:,} tokens; "
+          f"lr {r['lr']:.3g}, bf16 {r['bf16']}, dead after {r['dead_tokens']:,} tokens; "
           f"evaluated on {r['n_eval_tokens']:,} held-out tokens ({r['n_ce_positions']:,} next-token positions), clean CE {r['clean_ce']:.3f}")
     print("geometry of the training sample: " + "; ".join(f"L{l} top-1 {g['top1_var_share']:.0%} (dim {g['top_dim']})"
           + (f" massive {g['massive_dims']}" if g["massive_dims"] else "") for l, g in r["geometry"].items()))
