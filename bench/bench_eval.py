@@ -6,6 +6,7 @@ takes the per-layer baseline's and Ĝ's SAEs at a few layers, and times, on the 
   previous   groupsae/evaluate.py as of commit PREV (whole-vocabulary logits, log_softmax and F.kl_div per pair)
   current    this checkout, fp32 blocks (LM head in chunks, the clean side reduced to a constant and p·W per position)
   current16  this checkout, blocks under bf16 autocast (SAEs and the LM head in fp32)
+  current16h this checkout, blocks under bf16 autocast and the LM head's product on bf16 operands (eval.head_bf16)
 
 Each runs ΔCE/KL of every pair on every window (plus the reconstruction metrics, which both versions compute the same
 way). Prints the profile of one pair (where the time goes), pairs/s and scored positions/s, the ratios, and the largest
@@ -72,7 +73,8 @@ def main():
 
     from groupsae.config import resolve_bf16
     fast, why = resolve_bf16("auto"); print(why)
-    arms = [("previous", prev.evaluate, {}), ("current", cur.evaluate, {})] + ([("current16", cur.evaluate, {"bf16": True})] if fast else [])
+    arms = [("previous", prev.evaluate, {}), ("current", cur.evaluate, {})] + \
+           ([("current16", cur.evaluate, {"bf16": True}), ("current16h", cur.evaluate, {"bf16": True, "head_bf16": True})] if fast else [])
     if not fast: print("current16 (bf16 blocks): skipped, bf16 products are slow on this CPU")
     runs = {}
     for label, fn, kw in arms:
@@ -95,6 +97,12 @@ def main():
     ev = results_dir(cfg.preset) / "eval.json"
     p = json.loads(ev.read_text()).get("precision") if ev.exists() else None
     if p: print(f"for scale: the Ĝ − baseline ΔCE 95% interval is ±{(p['diffs']['ghat']['delta_ce']['ci95'][1] - p['diffs']['ghat']['delta_ce']['ci95'][0]) / 2:.3f} points")
-    print(f"speedup_eval={base / runs['current'][0]:.2f} speedup_eval_bf16={base / runs['current16'][0]:.2f}")
+    for m in ("delta_ce", "kl"):
+        hb = {q: runs["current16h"][1].pairs[q][m] - runs["current16"][1].pairs[q][m] for q in pairs}
+        print(f"bf16 head − fp32 head ({m}), per pair: " + ", ".join(f"{n}@{l} {v:+.4f}" for (n, l), v in hb.items()))
+        gh = [hb[(plan[f'amad/{g_hat}']['layers'][l], l)] - hb[(plan[f'amad/{n_grouped}']['layers'][l], l)] for l in args.layers]
+        print(f"bf16 head's effect on the Ĝ − baseline {m} difference, per layer: {', '.join(f'{x:+.4f}' for x in gh)}")
+    print(f"speedup_eval={base / runs['current'][0]:.2f} speedup_eval_bf16={base / runs['current16'][0]:.2f} "
+          f"speedup_eval_bf16_head={base / runs['current16h'][0]:.2f}")
 
 if __name__ == "__main__": main()

@@ -199,9 +199,17 @@ class ActivationCache:
         except ValueError as e: raise CacheInvalid(self.path, f"corrupt: {e}") from None
         if mm.shape != (len(self.layers), self.n_tokens, self.d_model):
             raise CacheInvalid(self.path, f"corrupt: array of shape {mm.shape}, the manifest says {(len(self.layers), self.n_tokens, self.d_model)}")
+        offset = mm.offset; del mm
         if verify:
-            bad = [l for l, c in zip(self.layers, m["crc32"]) if zlib.crc32(mm[self.layers.index(l)]) != c]
+            bad = [l for i, (l, c) in enumerate(zip(self.layers, m["crc32"])) if self._crc(offset, i) != c]
             if bad: raise CacheInvalid(self.path, f"corrupt: the checksums of layers {bad[:5]} differ from those written")
+    def _crc(self, offset:int, row:int, block:int=1 << 26) -> int:
+        "CRC-32 of one layer's rows, read in 64 MB blocks (plain reads: the checked bytes never join the process's memory)."
+        size = self.n_tokens * self.d_model * self.dtype.itemsize
+        crc, start = 0, offset + row * size
+        with open(self.path / "acts.npy", "rb") as f:
+            for at in range(0, size, block): crc = zlib.crc32(os.pread(f.fileno(), min(block, size - at), start + at), crc)
+        return crc
     def _map(self): return np.load(self.path / "acts.npy", mmap_mode="r")
     @property
     def n_windows(self) -> int: return len(self.offsets) - 1
@@ -305,7 +313,7 @@ def training_batches(cfg:RunConfig, inp:StudyInputs, root=None, layers=None, sta
     return iter(tqdm(batches, total=math.ceil((stop - start) / cfg.data.batch_size), desc=f"{desc} (from the cache)", unit="batch"))
 
 def run_activations(cfg:RunConfig, root=None) -> dict:
-    "Say whether bf16 runs and why, write the activation cache, estimate each layer's input scale; results/<preset>/scales.json."
+    "Say whether bf16 runs and why, write the activation cache, estimate each layer's input scale (scales.json) and the layers' geometry (geometry.json, 03a)."
     inp = study_inputs(cfg)
     a, device = cfg.activations, next(inp.model.parameters()).device
     bf16, why = resolve_bf16(a.bf16, device)
@@ -323,6 +331,8 @@ def run_activations(cfg:RunConfig, root=None) -> dict:
         save_timings({"activations": {"cache_forward_s": c.manifest["meta"]["forward_s"], "scales_s": round(time.perf_counter() - t0, 2)}},
                      results_dir(cfg.preset, root))
     save_json(out, results_dir(cfg.preset, root) / "scales.json", n=6)
+    from groupsae.geometry import run_geometry   # 03a builds on this module: imported here, not at the top
+    run_geometry(cfg, root, progress=False, inp=inp)   # geometry.json: variance shares and massive dimensions of every layer
     return out
 
 def load_scales(preset:str, root=None) -> dict:

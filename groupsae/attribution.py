@@ -13,7 +13,7 @@ from .evaluate import clean_pass, forward_from_layer, layer_scale, spliced_forwa
 from .sae import decode_sparse
 
 # %% auto #0
-__all__ = ['ERROR_MODES', 'run_with', 'LayerSAE', 'layer_saes', 'dense_codes', 'split_node', 'Attribution', 'Grads',
+__all__ = ['ERROR_MODES', 'run_with', 'LayerSAE', 'layer_saes', 'plain_sae', 'dense_codes', 'split_node', 'Attribution', 'Grads',
            'residual_grads', 'attribute', 'exact_effects', 'Means', 'node_means', 'ablate', 'circuit_metric',
            'model_metric', 'circuit_masks', 't_grid', 'faithfulness', 'curve_auc', 'circuit_curves']
 
@@ -33,8 +33,22 @@ class LayerSAE(NamedTuple):
 def layer_saes(saes:dict, # {SAE name: TopKSAE}
                layers:dict, # {layer: SAE name}, e.g. an eval_plan setting's 'layers'
                scales:dict|None=None) -> dict: # {layer: scale} of scales.json, checked against each SAE's own
-    "{layer: LayerSAE} with each layer's own scale (`evaluate.layer_scale`)."
-    return {int(l): LayerSAE(saes[n], layer_scale(saes[n], int(l), scales)) for l, n in sorted(layers.items(), key=lambda x: int(x[0]))}
+    "{layer: LayerSAE} with each layer's own scale (`evaluate.layer_scale`); an SAE that normalises each layer its own way is folded per layer."
+    out = {}
+    for l, n in sorted(layers.items(), key=lambda x: int(x[0])):
+        s = layer_scale(saes[n], int(l), scales)
+        out[int(l)] = LayerSAE(plain_sae(saes[n], int(l), s), s)
+    return out
+
+def plain_sae(sae, layer:int, scale:float):
+    "`sae` itself for the paper's recipe; else a one-layer SAE of the paper's form equal to it on `layer` (its per-dimension normalisation folded into the weights, 06a_export)."
+    if getattr(sae, "normalize", "scalar") == "scalar": return sae
+    from groupsae.export import folded_weights    # weights on raw activations; back into the scaled space the circuit code uses
+    w = folded_weights(sae, layer)
+    out = type(sae)(sae.d_model, sae.d_sae, sae.k, sae.aux_k, sae.aux_coef, [layer], [scale])
+    with torch.no_grad():
+        out.W_enc.copy_(w["W_enc"] / scale); out.b_enc.copy_(w["b_enc"]); out.W_dec.copy_(w["W_dec"] * scale); out.b_dec.copy_(w["b_dec"] * scale)
+    return out
 
 def dense_codes(sae, x:torch.Tensor) -> torch.Tensor: # [..., d_model] scaled inputs
     "The SAE's latents as a dense [..., d_sae] tensor."

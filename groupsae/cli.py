@@ -34,7 +34,8 @@ class Stage:
 
 STAGES = (
     Stage("activations", "groupsae.activations", "run_activations", ("seed", "model", "data", "activations"),
-          "load the model, estimate each layer's input scale (results/P/scales.json)", ("scales.json",)),
+          "load the model, write the activation cache, each layer's input scale and geometry (scales.json, geometry.json)",
+          ("scales.json", "geometry.json")),
     Stage("distances", "groupsae.distances", "run_distances", ("distances",),
           "angular distances between every pair of layers (results/P/distances.json)", ("distances.json",)),
     Stage("group", "groupsae.grouping", "run_grouping", ("grouping",),
@@ -82,7 +83,7 @@ def load_record(cfg:RunConfig, root=None) -> dict:
     return load_json(p) if p.exists() else {}
 
 # %% ../nbs/12_cli.ipynb #0c1cb44f
-BF16_FIELDS = ("activations.bf16", "train.bf16", "eval.bf16")
+BF16_FIELDS = ("activations.bf16", "train.bf16", "eval.bf16", "eval.head_bf16")
 
 def cfg_value(cfg:RunConfig, dotted:str):
     "The value of a dotted config field, e.g. 'train.bf16'."
@@ -316,7 +317,10 @@ def _run(args, command:str) -> int:
         times = run_stages(cfg, names, root=root, force=args.force)
         wall = time.perf_counter() - t0
         if args.command == "reproduce" and first and times:   # the study's own cost, written by the study (nothing run: kept)
-            cpu = cpu_info() | {"native_bf16": bool(cpu_info()["bf16_flags"]), "bf16": resolved_bf16(cfg)["activations.bf16"][1]}
+            cpu = cpu_info() | {"bf16": resolved_bf16(cfg)["activations.bf16"][1]}
+            caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if k in os.environ}
+            if caps: cpu["isa_caps"] = caps   # instruction sets capped by the environment: the flags say what the chip has, not what ran
+            cpu["native_bf16"] = bool(cpu["bf16_flags"]) and not any(v.upper().startswith("AVX2") for v in caps.values())
             save_timings({"reproduce": {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_rss_gb(), 2), "stages_run": list(times), "cpu": cpu}},
                          results_dir(cfg.preset, root))
     print(f"\nfinished in {wall:.0f} s " + " ".join(f"{k}={v:.0f}s" for k, v in times.items()))

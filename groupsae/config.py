@@ -109,12 +109,15 @@ class SAEConfig:
     aux_k:int|None=None # latents in the AuxK loss; None = d_model // 2 (authors' code)
     aux_coef:float=1/32 # weight of the AuxK loss
     dead_tokens:int=10_000_000 # a latent is dead after this many tokens without firing
+    normalize:str="scalar" # the SAE's input: 'scalar' (the paper's per-layer scale), 'dim', 'passthrough' or 'dim+passthrough' (06_sae, issue 27)
     def __post_init__(self):
         _check(self.expansion >= 1, "sae.expansion", "must be >= 1", "use e.g. 16")
         _check(self.k >= 1, "sae.k", "must be >= 1", "use e.g. 32 or 128")
         _check(self.aux_k is None or self.aux_k >= 1, "sae.aux_k", "must be >= 1 or None", "use None for d_model // 2")
         _check(self.aux_coef >= 0, "sae.aux_coef", "must be >= 0", "use 1/32")
         _check(self.dead_tokens > 0, "sae.dead_tokens", "must be positive", "use e.g. 10_000_000")
+        _check(self.normalize in ("scalar", "dim", "passthrough", "dim+passthrough"), "sae.normalize", f"unknown {self.normalize!r}",
+               "use 'scalar' (the paper's), 'dim', 'passthrough' or 'dim+passthrough'")
 
     def d_sae(self, d_model:int) -> int:
         "Number of latents for a model of width `d_model`; checks k fits."
@@ -164,6 +167,7 @@ class EvalConfig:
     n_boot:int=2000 # bootstrap resamples of the evaluation windows for the claims' 95% intervals
     bf16:bool|str=False # the transformer blocks under bf16 autocast while evaluating (the SAEs and the LM head stay fp32): True, False or "auto"
     head_chunk:int=512 # positions per LM-head chunk (memory: head_chunk × vocabulary floats)
+    head_bf16:bool|str=False # the LM head's product on bf16 operands, clean and spliced alike (losses in fp32): True, False or "auto"
     def __post_init__(self):
         _check(self.n_tokens > 0 and self.batch_size > 0, "eval", "n_tokens and batch_size must be positive", "use positive integers")
         _check(self.claim_tokens is None or self.claim_tokens > 0, "eval.claim_tokens", f"{self.claim_tokens} is not positive",
@@ -173,7 +177,7 @@ class EvalConfig:
         _check(self.ce_tokens is None or 0 < self.ce_tokens <= self.n_tokens, "eval.ce_tokens",
                f"{self.ce_tokens} is not in 1..eval.n_tokens={self.n_tokens}", "use a smaller positive number, or None for all")
         _check(self.splice in SPLICE_MODES, "eval.splice", f"unknown {self.splice!r}", f"use one of {SPLICE_MODES}")
-        _check_bf16(self.bf16, "eval.bf16")
+        _check_bf16(self.bf16, "eval.bf16"); _check_bf16(self.head_bf16, "eval.head_bf16")
 
 @dataclass
 class InterpConfig:
@@ -382,13 +386,14 @@ def _smollm2_cpu() -> RunConfig:
         train=TrainConfig(n_tokens=100_000, lr_base=2e-3, bf16="auto", checkpoint_every=20, seeds=3),
         # FVU of every pair on 8k tokens (33 windows); the claim arms' ΔCE and KL on the same 33 windows (8,415 positions) at
         # 5 fixed layers, every seed; the per-G curve's ΔCE on 3 windows; blocks under bf16 (08_evaluate: cost and bias)
-        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=8_192, claim_layers=5, bf16="auto"),
+        eval=EvalConfig(n_tokens=8_192, batch_size=8, ce_tokens=512, splice="ghat", claim_tokens=8_192, claim_layers=5, bf16="auto",
+                        head_bf16="auto"),
         # SmolLM2 as its own judge is at chance on latents of known meaning (09b): the LLM path is off, the LLM-free measures run
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096),
         # 13_strategies: every arm at 0.24, 1 and 2 times Ĝ's SAE FLOPs (3 seeds at 1), per-layer SAEs on 1/4 to 2 times the
-        # tokens; ΔCE/KL at Ĝ's budget on the first 6k tokens of the claim sample, the lines' on 1k (about 48 min: 13_strategies)
-        strategies=StrategiesConfig(claim_tokens=6_144, sweep_ce_tokens=1_024))
+        # tokens; ΔCE/KL at Ĝ's budget on the study's claim sample, the lines' on its first 2k tokens (about 40 min: 13_strategies)
+        strategies=StrategiesConfig(sweep_ce_tokens=2_048))
 
 def _gemma3_cpu() -> RunConfig:
     # Gemma 3 270M base (issue 22), the embedded default's corpus and SAE recipe, sized for 2 CPU cores (under 60 minutes):
@@ -404,7 +409,8 @@ def _gemma3_cpu() -> RunConfig:
         # every ΔCE position costs a 640 x 262,144 LM-head product (0.34 GFLOP): 265 pairs' ΔCE for the per-G curve on one
         # window (256 positions), the claim arms' (49 pairs) on 4k positions at 4 layers (the claim pairs run on every
         # evaluation window, so n_tokens = claim_tokens), and the FVU of every pair on the same 4k tokens
-        eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16="auto"),
+        eval=EvalConfig(n_tokens=4_096, batch_size=8, ce_tokens=256, splice="ghat", claim_tokens=4_096, claim_layers=4, bf16="auto",
+                        head_bf16="auto"),
         interp=InterpConfig(n_latents=4, n_tokens=32_768, llm=False),
         similarity=SimilarityConfig(n_tokens=4_096),
         # 13_strategies: as the embedded default's, with every ΔCE on fewer positions (the LM head is 2-3x the body): at Ĝ's

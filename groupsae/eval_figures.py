@@ -15,7 +15,7 @@ __all__ = ['METRIC_LABELS', 'SETTING_LABELS', 'ARM_LABELS', 'DIFF_LABELS', 'THET
            'theta_markdown', 'fig_theta']
 
 # %% ../nbs/08b_eval_figures.ipynb #bcfc722f
-METRIC_LABELS = {"fvu": "FVU", "delta_ce": "ΔCE (%)", "kl": "KL to the clean model", "l0": "L0",
+METRIC_LABELS = {"fvu": "FVU", "fvu_std": "standardised FVU", "delta_ce": "ΔCE (%)", "kl": "KL to the clean model", "l0": "L0",
                  "dead_frac": "dead latents (fraction)", "ev_saelens": "explained variance (SAELens)", "mse": "MSE"}
 SETTING_LABELS = {"amad": "AMAD groups", "even": "evenly spaced groups", "small": "smaller SAEs"}
 
@@ -110,7 +110,9 @@ def fig_quality_vs_compute(ev:dict, costs:dict, metrics=("fvu", "delta_ce"), fai
     return fig
 
 # %% ../nbs/08b_eval_figures.ipynb #087dd661
-def fig_per_layer(ev:dict, G:int, kind:str="amad", metrics=("fvu", "delta_ce"), title:str|None=None):
+def fig_per_layer(ev:dict, G:int, kind:str="amad",
+                  metrics=None, # None: FVU, the standardised FVU beside it where eval.json has it (08_evaluate), and ΔCE
+                  title:str|None=None):
     "Per-layer bars of a setting next to the per-layer baseline, coloured by group, with group separators (mean ± sd over seeds at Ĝ)."
     use_style()
     s = ev["settings"].get(kind, {}).get(str(G))
@@ -118,6 +120,7 @@ def fig_per_layer(ev:dict, G:int, kind:str="amad", metrics=("fvu", "delta_ce"), 
         raise KeyError(f"eval.json has no {kind} setting at G={G} (has {sorted(ev['settings'].get(kind, {}), key=int)}). "
                        "Fix: choose one of those G")
     base = ev["settings"]["amad"].get(str(ev.get("baseline_G")))
+    if metrics is None: metrics = ("fvu", "fvu_std", "delta_ce") if "fvu_std" in s["per_layer"] else ("fvu", "delta_ce")
     sp, n = ev.get("seeds"), _n_seeds(ev)
     arm = {("amad", ev.get("G_hat")): "ghat", ("even", ev.get("G_hat")): "even", ("small", ev.get("G_hat")): "small"}.get((kind, G))
     def bars(r, a, m):   # per-layer values and their sd over seeds, where the arm has seeds

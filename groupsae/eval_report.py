@@ -46,7 +46,7 @@ def plan_pairs(plan:dict) -> list:
     return sorted({(n, l) for s in plan.values() for l, n in s["layers"].items()}, key=lambda p: (p[1], p[0]))
 
 # %% ../nbs/08a_eval_report.ipynb #a83f7781
-METRICS = ("fvu", "ev_saelens", "mse", "l0", "dead_frac", "ce", "delta_ce", "kl")
+METRICS = ("fvu", "fvu_std", "ev_saelens", "mse", "l0", "dead_frac", "ce", "delta_ce", "kl")   # fvu_std: 08_evaluate (issue 27)
 
 def summarize(setting:dict, # one plan entry: groups, saes, layers {layer: SAE name}
               pairs:dict) -> dict: # (SAE name, layer) -> metrics

@@ -18,16 +18,28 @@ from .eval_report import (METRICS, compute_savings, eval_plan, per_layer_csv, pl
 from .precision import claim_arms, claim_layers, claim_precision, precision_summary
 
 # %% auto #0
-__all__ = ['ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanHead', 'linear_head', 'clean_head', 'head_losses',
-           'CleanPass', 'body_autocast', 'clean_pass', 'block_kwargs', 'resume', 'forward_from_layer', 'reconstruct',
-           'splice', 'spliced_forward', 'layer_scale', 'WindowSums', 'EvalOutput', 'evaluate', 'eval_windows',
-           'load_saes', 'read_eval_windows', 'run_evaluation']
+__all__ = ['CONST_DIM', 'fvu_std', 'ReconStats', 'next_token_losses', 'delta_ce_pct', 'CleanHead', 'linear_head', 'head_logits',
+           'clean_head', 'head_losses', 'CleanPass', 'body_autocast', 'clean_pass', 'block_kwargs', 'resume',
+           'forward_from_layer', 'reconstruct', 'splice', 'spliced_forward', 'layer_scale', 'WindowSums', 'EvalOutput',
+           'evaluate', 'eval_windows', 'load_saes', 'read_eval_windows', 'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #7a339933
+CONST_DIM = 1e-9   # a dimension whose variance is below this fraction of the median dimension's is constant: left out of fvu_std
+
+def fvu_std(x:torch.Tensor, # [n, d_model]
+            x_hat:torch.Tensor) -> torch.Tensor: # [n, d_model]
+    "Standardised FVU: the mean over dimensions of each one's Σ(x − x̂)² / Σ(x − x̄)², constant dimensions left out."
+    x = x.double()
+    var = (x - x.mean(0)).pow(2).sum(0)
+    ok = var > CONST_DIM * var.median()
+    if not ok.any(): raise ValueError("every dimension of x is constant: the standardised FVU is undefined. Fix: evaluate on more than one distinct token")
+    return ((x - x_hat.double()).pow(2).sum(0)[ok] / var[ok]).mean()
+
 class ReconStats:
     "Streaming float64 sums of the reconstruction metrics of one (SAE, layer) pair."
     def __init__(self, d_sae:int):
         self.d_sae, self.n, self.d, self.sums, self.sum_x, self.fired = d_sae, 0, 0, None, None, None
+        self.dim_sse = self.dim_sq = None   # per-dimension Σ(x − x̂)² and Σx², for the standardised FVU
 
     def update(self, x:torch.Tensor, # [n, d_model] inputs in the SAE's scaled space
                x_hat:torch.Tensor, # [n, d_model] reconstructions, same space
@@ -36,23 +48,29 @@ class ReconStats:
         "Add one batch of tokens (the batch also defines SAELens's per-batch mean)."
         if len(x) == 0: return
         x = x.double()
-        err = (x - x_hat.double()).pow(2).sum(-1)
+        e2 = (x - x_hat.double()).pow(2)
+        err = e2.sum(-1)
         dev = (x - x.mean(0)).pow(2).sum(-1)
         on = top_acts > 0
         new = torch.stack([err.sum(), x.pow(2).sum(), (1 - err / dev).sum(), on.sum().double()])
         if self.sums is None:
-            self.sums, self.sum_x = new, x.sum(0)
+            self.sums, self.sum_x, self.dim_sse, self.dim_sq = new, x.sum(0), e2.sum(0), x.pow(2).sum(0)
             self.fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-        else: self.sums, self.sum_x = self.sums + new, self.sum_x + x.sum(0)
+        else:
+            self.sums, self.sum_x = self.sums + new, self.sum_x + x.sum(0)
+            self.dim_sse, self.dim_sq = self.dim_sse + e2.sum(0), self.dim_sq + x.pow(2).sum(0)
         self.fired[top_idx[on]] = True
         self.n, self.d = self.n + len(x), x.shape[1]
 
     def result(self) -> dict:
-        "FVU, SAELens explained variance, MSE, L0 and dead fraction over everything added."
+        "FVU, standardised FVU, SAELens explained variance, MSE, L0 and dead fraction over everything added."
         if not self.n: raise ValueError("no tokens were added. Fix: evaluate on windows with at least one non-special token")
         sse, sum_sq, ev, nnz = self.sums.tolist()
         var = sum_sq - self.sum_x.pow(2).sum().item() / self.n
-        return {"n_tokens": self.n, "fvu": sse / var, "ev_saelens": ev / self.n, "mse": sse / (self.n * self.d),
+        dim_var = self.dim_sq - self.sum_x.pow(2) / self.n
+        ok = dim_var > CONST_DIM * dim_var.median()
+        std = (self.dim_sse[ok] / dim_var[ok]).mean().item() if ok.any() else None   # None: every dimension constant
+        return {"n_tokens": self.n, "fvu": sse / var, "fvu_std": std, "ev_saelens": ev / self.n, "mse": sse / (self.n * self.d),
                 "l0": nnz / self.n, "dead_frac": 1 - self.fired.double().mean().item()}
 
 # %% ../nbs/08_evaluate.ipynb #1011ee9c
@@ -85,15 +103,24 @@ def linear_head(model):
 
 def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
+_BF16_HEADS = {}   # id(head) -> (head, its weight in bf16): cast once per evaluation, not once per chunk
+
+def head_logits(head, hn:torch.Tensor, bf16:bool=False) -> torch.Tensor: # [n, d_model] final-norm output -> [n, vocab] fp32
+    "Logits of a linear head; `bf16`: the product on bf16 operands (on matrix units 4-6x faster), its result rounded to bf16, returned as fp32."
+    if not bf16: return head(hn).float()
+    if _BF16_HEADS.get(id(head), (None,))[0] is not head: _BF16_HEADS.clear(); _BF16_HEADS[id(head)] = (head, head.weight.detach().bfloat16())
+    z = F.linear(hn.bfloat16(), _BF16_HEADS[id(head)][1]).float()
+    return z if head.bias is None else z + head.bias.float()
+
 def clean_head(model, h:torch.Tensor, # [n, d_model] clean output of the last block at the scored positions
                targets:torch.Tensor, # [n] next tokens
-               chunk:int=512) -> CleanHead:
+               chunk:int=512, bf16:bool=False) -> CleanHead: # bf16: the logits' product in bf16, as the spliced side's (head_losses)
     "The clean losses' side of `head_losses`, one chunk of positions at a time (never the [n, vocab] logits at once)."
     head, parts = linear_head(model), []
     with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
         for c in _chunks(len(h), chunk):
             hn = final_norm(model)(h[c].float()) if head is not None else None
-            logp = (head(hn) if head is not None else unembed(model, h[c].float())).float().log_softmax(-1)
+            logp = (head_logits(head, hn, bf16) if head is not None else unembed(model, h[c].float())).float().log_softmax(-1)
             p = logp.exp()
             ce = -logp.gather(-1, targets[c, None])[:, 0]
             kl_const = (p * logp).sum(-1) - (p @ head.bias.float() if head is not None and head.bias is not None else 0)
@@ -103,13 +130,13 @@ def clean_head(model, h:torch.Tensor, # [n, d_model] clean output of the last bl
 
 def head_losses(model, h:torch.Tensor, # [n, d_model] output of the last block of a spliced pass at the scored positions
                 targets:torch.Tensor, # [n]
-                clean:CleanHead, chunk:int=512):
+                clean:CleanHead, chunk:int=512, bf16:bool=False): # bf16: the logits' product in bf16 (clean_head's must match)
     "Per-position cross-entropy and KL(clean ‖ spliced), each [n], from logits made one chunk at a time: with a linear head KL = Σp log p − p·b + logsumexp(z) − p_w·norm(h)."
     head, ce, kl = linear_head(model), [], []
     with torch.inference_mode(), torch.autocast(h.device.type, enabled=False):
         for c in _chunks(len(h), chunk):
             hn = final_norm(model)(h[c].float()) if head is not None else None
-            z = (head(hn) if head is not None else unembed(model, h[c].float())).float()
+            z = head_logits(head, hn, bf16) if head is not None else unembed(model, h[c].float()).float()
             lse = z.logsumexp(-1)
             ce.append(lse - z.gather(-1, targets[c, None])[:, 0])
             if head is not None: kl.append(clean.kl_const[c] + lse - (hn * clean.p_w[c]).sum(-1))
@@ -184,17 +211,21 @@ def forward_from_layer(model, hidden:torch.Tensor, # [batch, seq, d_model] outpu
 # %% ../nbs/08_evaluate.ipynb #3293ef68
 @torch.no_grad()
 def reconstruct(sae, x:torch.Tensor, # [n, d_model] raw activations of one layer
-                scale:float): # that layer's input scale
+                scale:float, # that layer's input scale
+                layer:int|None=None): # the layer, for an SAE that normalises each of its layers its own way (06_sae `normalize`)
     "(x·scale, x̂ in the scaled space, the encoder output) for one layer's activations; the SAE runs in its own dtype, outside any autocast."
     with torch.autocast(x.device.type, enabled=False):
         xs = x.to(sae.W_dec.dtype) * scale
-        enc = sae.encode(xs)
-        return xs, sae.decode(enc.top_acts, enc.top_idx), enc
+        if getattr(sae, "normalize", "scalar") == "scalar":   # the paper's recipe (and SAEs read from other libraries)
+            enc = sae.encode(xs)
+            return xs, sae.decode(enc.top_acts, enc.top_idx), enc
+        enc = sae.encode(xs, layer)
+        return xs, sae.decode(enc.top_acts, enc.top_idx, layer, xs), enc
 
-def splice(sae, scale:float, keep:torch.Tensor) -> Callable:
+def splice(sae, scale:float, keep:torch.Tensor, layer:int|None=None) -> Callable:
     "A function h [batch, seq, d_model] -> h with the `keep` positions replaced by the SAE's reconstruction, divided back by `scale`."
     def f(h):
-        _, x_hat, _ = reconstruct(sae, h[keep], scale)
+        _, x_hat, _ = reconstruct(sae, h[keep], scale, layer)
         out = h.clone()
         out[keep] = (x_hat / scale).to(h.dtype)
         return out
@@ -294,8 +325,9 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
              claim_pairs=(), # pairs whose ΔCE/KL run on every window, kept per window
              fvu_windows:int|None=None, # reconstruction metrics on the first windows only; None = all
              window_pairs=None, # pairs whose FVU sums are kept per window; None = claim_pairs
-             bf16:bool=False, # the transformer blocks under bf16 autocast (the SAEs and the LM head stay fp32)
-             chunk:int=512) -> EvalOutput: # positions per LM-head chunk
+             bf16:bool=False, # the transformer blocks under bf16 autocast (the SAEs stay fp32)
+             chunk:int=512, # positions per LM-head chunk
+             head_bf16:bool=False) -> EvalOutput: # the LM head's product on bf16 operands, clean and spliced alike (losses in fp32)
     "Reconstruction and next-token metrics of every pair, and of each setting spliced at once, from one clean pass per batch."
     settings, L = settings or {}, len(blocks(model))
     pairs = list(dict.fromkeys((str(n), int(l)) for n, l in pairs))
@@ -337,26 +369,26 @@ def evaluate(model, windows:torch.Tensor, # [n_windows, context_len] held-out to
             t0 = time.perf_counter()
             cp = clean_pass(model, ids, bf16)
             if cpairs or sett:
-                clean = clean_head(model, cp.resid[-1][pos], targets, chunk)
+                clean = clean_head(model, cp.resid[-1][pos], targets, chunk, head_bf16)
                 clean_w.index_add_(0, win_pos, clean.ce.double().cpu())
                 n_pos.index_add_(0, win_pos, torch.ones(len(win_pos), dtype=torch.float64))
             sync(); t1 = time.perf_counter(); secs["clean"] += t1 - t0
             for i, p in enumerate(q for q in pairs if q in rp or q in cpairs):
                 if i % 25 == 24: trim_heap()   # bounds the heap's fragmentation by the pairs' temporaries (see below)
                 sae, l, s = saes[p[0]], p[1], scale[p]
-                xs, x_hat, enc = reconstruct(sae, cp.resid[l][keep], s)
+                xs, x_hat, enc = reconstruct(sae, cp.resid[l][keep], s, l)
                 if p in rp:
                     rec[p].update(xs, x_hat, enc.top_acts, enc.top_idx)
                     if p in fvu_w: fvu_w[p].update(xs, x_hat, win_keep)
                 if p in cpairs:
                     h = cp.resid[l].clone(); h[keep] = (x_hat / s).to(h.dtype)
-                    c, k = head_losses(model, resume(model, h, l, cp.calls, pos, bf16), targets, clean, chunk)
+                    c, k = head_losses(model, resume(model, h, l, cp.calls, pos, bf16), targets, clean, chunk, head_bf16)
                     losses[p].index_add_(0, win_pos, torch.stack([c, k], 1).double().cpu())
                 bar.update()
             sync(); t2 = time.perf_counter(); secs["pairs"] += t2 - t1
             for name, assign in sett.items():
-                rep = {l: splice(saes[n], scale[(n, l)], keep) for l, n in assign.items()}
-                c, k = head_losses(model, spliced_forward(model, ids, rep, pos, head=False, bf16=bf16), targets, clean, chunk)
+                rep = {l: splice(saes[n], scale[(n, l)], keep, l) for l, n in assign.items()}
+                c, k = head_losses(model, spliced_forward(model, ids, rep, pos, head=False, bf16=bf16), targets, clean, chunk, head_bf16)
                 sp[name].index_add_(0, win_pos, torch.stack([c, k], 1).double().cpu())
                 bar.update()
             sync(); secs["spliced"] += time.perf_counter() - t2
@@ -448,7 +480,8 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     res = evaluate(inp.model, windows, saes, pairs, scales, inp.special, e.batch_size, spliced, ce=curve,
                    ce_windows=windows_needed(ce_tokens, ctx) if ce_tokens else None, progress=progress, claim_pairs=claim,
                    fvu_windows=windows_needed(e.n_tokens, ctx), window_pairs=[(a[l], l) for seeds in arms.values() for a in seeds for l in layers],
-                   bf16=use_bf16(e.bf16, next(inp.model.parameters()).device), chunk=e.head_chunk)
+                   bf16=use_bf16(e.bf16, next(inp.model.parameters()).device), chunk=e.head_chunk,
+                   head_bf16=use_bf16(e.head_bf16, next(inp.model.parameters()).device))
     wall = time.perf_counter() - t0
     atomic_write(rd / "eval_per_layer.csv", per_layer_csv(res.pairs))
     if claim: atomic_write(rd / "eval_windows.json", _window_json(res.windows))
@@ -468,6 +501,7 @@ def run_evaluation(cfg:RunConfig, root=None, progress:bool=True,
     ev = {"config_hash": cfg.hash(), "model": cfg.model.name, "n_layers": L, "layers": layers, "G_hat": g_hat,
           "threshold": groups.get("threshold"), "baseline_G": len(layers), "n_windows": len(windows),
           "n_fvu_windows": res.windows["n_fvu_windows"], "n_ce_windows": n_ce_w, "splice": splice, "bf16": use_bf16(e.bf16, next(inp.model.parameters()).device),
+          "head_bf16": use_bf16(e.head_bf16, next(inp.model.parameters()).device),
           "n_tokens": res.n_tokens, "n_ce_positions": res.n_ce, "clean_ce": res.clean_ce, "metrics": list(METRICS),
           "settings": settings, "seeds": spread, "precision": precision,
           "last": summarize(plan["last"], res.pairs) if plan["last"]["layers"] else None,

@@ -17,11 +17,20 @@ __all__ = ['folded_weights', 'to_sparsify', 'to_saelens', 'ExternalSAEError', 'f
 
 # %% ../nbs/06a_export.ipynb #75150689
 def folded_weights(sae:TopKSAE, layer:int) -> dict:
-    "Weights of `sae` for raw activations of `layer` (its input scale folded in; an SAE built without layers: unit scale)."
+    "Weights of `sae` for raw activations of `layer` (its input scale, and a per-dimension standardisation, folded in; an SAE built without layers: unit scale)."
     s = sae.scale_for(layer) if sae.layers else 1.0
+    mode = getattr(sae, "normalize", "scalar")
+    if mode.endswith("passthrough"):
+        raise ValueError(f"this SAE (normalize={mode!r}) copies dims {sae.passthrough.nonzero().flatten().tolist()} from its input to its "
+                         "output, which the sparsify and SAELens layouts cannot express. Fix: export an SAE trained with 'scalar' or 'dim'")
     with torch.no_grad():
-        return {"W_enc": (sae.W_enc * s).contiguous(), "b_enc": sae.b_enc.clone(),
-                "W_dec": (sae.W_dec / s).contiguous(), "b_dec": sae.b_dec / s}
+        if mode == "scalar":
+            return {"W_enc": (sae.W_enc * s).contiguous(), "b_enc": sae.b_enc.clone(),
+                    "W_dec": (sae.W_dec / s).contiguous(), "b_dec": sae.b_dec / s}
+        r = sae._rows(layer if sae.layers else None)
+        m, v = sae.x_mean[r] / s, sae.x_unit[r] / s          # z = (x - m) / v on raw activations
+        return {"W_enc": (sae.W_enc / v).contiguous(), "b_enc": sae.b_enc.clone(),
+                "W_dec": (sae.W_dec * v).contiguous(), "b_dec": sae.b_dec * v + m}
 
 def _export_layers(sae:TopKSAE, layers) -> list[int]:
     layers = list(sae.layers) if layers is None else [int(l) for l in layers]

@@ -96,7 +96,9 @@ def _scaling(res, out, preset, root):
     return [savefig(_mod("scaling").plot_scaling(load_json(res / "scaling.json")), "fig_scaling", preset, root)]
 
 def _circuits(res, out, preset, root):
-    return [savefig(_mod("circuit_study").plot_circuits(load_json(res / "circuits.json")), "fig_circuits", preset, root)]
+    "fig_circuits, and what the circuits stage's summary keys change: the headline and the models' claims table."
+    fig = savefig(_mod("circuit_study").plot_circuits(load_json(res / "circuits.json")), "fig_circuits", preset, root)
+    return [fig, *_headline(res, out, preset, root), *make_comparison(root, log=lambda *a: None)]
 
 def _strategies(res, out, preset, root):
     return _mod("strategy_figures").draw_strategies(load_json(res / "strategies.json"), preset, root)

@@ -96,6 +96,11 @@ def measure_units(partitions:dict, families:dict, layers:list, sae_dir) -> list:
     return units + [Unit("untrained", 0, f"untrained-L{l:02d}", "layer", (l,)) for l in layers]
 
 # %% ../nbs/09e_interp_measures.ipynb #a7e921ed
+def _row_layers(sae, ctx_layers, seq_len:int) -> tuple:
+    "`()` for an SAE of the paper's recipe; else `(layer of each flattened row,)` for an SAE that normalises each layer its own way (06_sae)."
+    if getattr(sae, "normalize", "scalar") == "scalar": return ()
+    return (torch.tensor([int(l) for l in ctx_layers], device=sae.W_dec.device).repeat_interleave(seq_len),)
+
 def collect_codes(model, saes:dict, # {sae name: TopKSAE}
                   units:list, sample:MeasureSample, batch_size:int=8, scales:dict|None=None, seed:int=0,
                   resid_layers:list=()) -> tuple:
@@ -123,7 +128,7 @@ def collect_codes(model, saes:dict, # {sae name: TopKSAE}
                 sae, cl = saes[u.sae], ctx_layer[u.key][b:b + B]
                 x = resid[torch.tensor([layers.index(int(l)) for l in cl]), torch.arange(B)]   # [B, S, d_model]
                 x = x * torch.tensor([layer_scale(sae, int(l), scales) for l in cl], device=x.device)[:, None, None]
-                out = sae.encode(x.reshape(B * S, -1).to(sae.W_dec.device))
+                out = sae.encode(x.reshape(B * S, -1).to(sae.W_dec.device), *_row_layers(sae, cl, S))
                 codes[u.key][0][flat] = (out.top_acts * kb[:, None]).float().cpu()     # special positions never fire
                 codes[u.key][1][flat] = out.top_idx.int().cpu()
             sel = (sample.positions >= b * S) & (sample.positions < (b + B) * S)

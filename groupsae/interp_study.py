@@ -15,7 +15,7 @@ from .study import group_name
 from .evaluate import layer_scale
 from .interp import CALIBRATION_WORDS, LatentCollector, LatentSample, WindowGrid, calibrate
 from .interp import check_grid, interpret_latent, latent_examples
-from .interp_measures import Unit, default_layers, study_units, measure_units, measure_sample, run_measures
+from .interp_measures import _row_layers, Unit, default_layers, study_units, measure_units, measure_sample, run_measures
 
 # %% auto #0
 __all__ = ['collect_units', 'usable_windows', 'study_unit', 'summarize_records', 'firing_stats', 'plot_interp', 'merge_summary',
@@ -52,7 +52,7 @@ def collect_units(model, saes:dict, # {sae name: TopKSAE}
                 sae_dev = sae.W_dec.device
                 x = resid[torch.tensor([layers.index(int(l)) for l in cl]), torch.arange(B)]   # [B, S, d_model]
                 x = x * torch.tensor([layer_scale(sae, int(l), scales) for l in cl], device=x.device)[:, None, None]
-                out = sae.encode(x.reshape(B * S, -1).to(sae_dev))
+                out = sae.encode(x.reshape(B * S, -1).to(sae_dev), *_row_layers(sae, cl, S))
                 lp = torch.tensor([u.layers.index(int(l)) for l in cl]).repeat_interleave(S)
                 cols[u].update(out.top_acts[kb.to(sae_dev)], out.top_idx[kb.to(sae_dev)], tok[kb], lp[kb])
     return {u.key: c.finish() for u, c in cols.items()}, {u.key: c for u, c in ctx_layer.items()}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sae.ipynb #ad867b0c
 from __future__ import annotations
-import json
+import json, math
 from pathlib import Path
 from typing import NamedTuple
 import torch
@@ -14,8 +14,8 @@ from safetensors.torch import save_file, load_file
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['GRAD_CHUNK', 'fvu', 'scratch', 'TopKEncode', 'decode_sparse', 'decode_dense', 'geometric_median', 'DeadLatentTracker',
-           'EncoderOutput', 'ForwardOutput', 'check_finite', 'TopKSAE', 'save', 'load']
+__all__ = ['GRAD_CHUNK', 'NORMALIZE_MODES', 'fvu', 'scratch', 'TopKEncode', 'decode_sparse', 'decode_dense', 'geometric_median',
+           'DeadLatentTracker', 'EncoderOutput', 'ForwardOutput', 'check_finite', 'TopKSAE', 'save', 'load']
 
 # %% ../nbs/06_sae.ipynb #5c4fc232
 def fvu(x:Tensor, x_hat:Tensor) -> Tensor:
@@ -126,17 +126,21 @@ def check_finite(x:Tensor, what:str="input"):
                                  "Fix: check the model's dtype (use float32 or bf16 autocast) and the input scales")
 
 # %% ../nbs/06_sae.ipynb #fd2a3d37
+NORMALIZE_MODES = ("scalar", "dim", "passthrough", "dim+passthrough")   # sae.normalize (issue 27)
+
 class TopKSAE(nn.Module):
-    "TopK sparse autoencoder serving one or more layers, each with its own input scale."
+    "TopK sparse autoencoder serving one or more layers, each with its own input scale (and, unless 'scalar', its own per-dimension normalisation)."
     def __init__(self, d_model:int, d_sae:int, k:int, aux_k:int|None=None, aux_coef:float=1/32,
-                 layers=(), scales=(), compute_dtype=None, seed:int|None=None):
+                 layers=(), scales=(), compute_dtype=None, seed:int|None=None,
+                 normalize:str="scalar"): # 'scalar' (the paper's), 'dim', 'passthrough' or 'dim+passthrough' (see below)
         super().__init__()
         if not 0 < k <= d_sae: raise ValueError(f"k={k} must be in 1..d_sae={d_sae}. Fix: lower k or raise the expansion")
         if len(scales) not in (0, len(layers)): raise ValueError("give one scale per layer (or none)")
+        if normalize not in NORMALIZE_MODES: raise ValueError(f"normalize={normalize!r} is unknown. Fix: use one of {NORMALIZE_MODES}")
         self.d_model, self.d_sae, self.k, self.aux_coef = d_model, d_sae, k, aux_coef
         self.aux_k = aux_k or d_model // 2
         self.layers, self.scales = [int(l) for l in layers], [float(s) for s in scales] or [1.0] * len(layers)
-        self.compute_dtype, self._workspace = compute_dtype, None
+        self.compute_dtype, self._workspace, self.normalize = compute_dtype, None, normalize
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         W = torch.randn(d_sae, d_model, generator=gen)
         W /= W.norm(dim=1, keepdim=True)
@@ -144,6 +148,11 @@ class TopKSAE(nn.Module):
         self.W_enc = nn.Parameter(W.clone())          # encoder starts as the decoder's transpose
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_model))
+        if normalize != "scalar":   # the SAE's own coordinates: z = (x - x_mean[layer]) / x_unit[layer], in the caller's scaled space
+            n = max(len(self.layers), 1)
+            self.register_buffer("x_mean", torch.zeros(n, d_model))
+            self.register_buffer("x_unit", torch.ones(n, d_model))
+            self.register_buffer("passthrough", torch.zeros(d_model, dtype=torch.bool))   # dims copied from the input
 
     def scale_for(self, layer:int) -> float:
         "Input scale of `layer` (activations are multiplied by it before the SAE)."
@@ -154,45 +163,114 @@ class TopKSAE(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise ValueError(f"expected x of shape [n, {self.d_model}], got {tuple(x.shape)}")
 
-    def encode(self, x:Tensor) -> EncoderOutput:
-        "Top-k latents of `x` [n, d_model]."
-        self._check(x)
+    def _rows(self, layer):
+        "Row of the normalisation buffers: `layer` an index the SAE serves, a [n] tensor of them, or None (an SAE of one layer)."
+        if layer is None:
+            if len(self.layers) > 1: raise ValueError(f"this SAE serves layers {self.layers} and normalises each its own way. "
+                                                      "Fix: pass layer= (the layer index, or a [n] tensor of each row's layer)")
+            return 0
+        if isinstance(layer, Tensor) and layer.ndim == 1:
+            lut = torch.full((max(self.layers) + 1,), -1, dtype=torch.long, device=layer.device)
+            lut[self.layers] = torch.arange(len(self.layers), device=layer.device)
+            rows = lut[layer.clamp(0, len(lut) - 1)].where((layer >= 0) & (layer < len(lut)), -1)
+            if (rows < 0).any(): raise ValueError(f"layer tensor holds layers this SAE does not serve (it serves {self.layers})")
+            return rows
+        if int(layer) not in self.layers: raise KeyError(f"this SAE serves layers {self.layers}, not {int(layer)}")
+        return self.layers.index(int(layer))
+
+    def to_internal(self, x:Tensor, layer=None) -> Tensor:
+        "The SAE's own coordinates of `x` [n, d_model] (caller's space): (x − x_mean)/x_unit with the passthrough dims at 0; `x` itself for 'scalar'."
+        if self.normalize == "scalar": return x
+        r = self._rows(layer)
+        z = (x - self.x_mean[r]) / self.x_unit[r]
+        return z.masked_fill(self.passthrough, 0) if self.normalize.endswith("passthrough") else z
+
+    def from_internal(self, z:Tensor, layer=None, x:Tensor|None=None) -> Tensor:
+        "Back to the caller's space: z·x_unit + x_mean, the passthrough dims copied from the input `x` [n, d_model]."
+        if self.normalize == "scalar": return z
+        r = self._rows(layer)
+        x_hat = z * self.x_unit[r] + self.x_mean[r]
+        if not self.normalize.endswith("passthrough"): return x_hat
+        if x is None: raise ValueError(f"this SAE ({self.normalize!r}) copies dims {self.passthrough.nonzero().flatten().tolist()} "
+                                       "from its input. Fix: pass x= (the input being reconstructed)")
+        return torch.where(self.passthrough, x, x_hat)
+
+    @torch.no_grad()
+    def set_stats_(self, mean:Tensor, # [len(layers), d_model] per-dimension mean of each served layer's raw activations
+                   std:Tensor, # [len(layers), d_model] their standard deviations, all > 0 (geometry.LayerStats.std: constant dims replaced)
+                   passthrough=()): # dims the '...passthrough' modes copy from the input (the massive dims)
+        "Fill the normalisation buffers from raw-activation statistics (each layer's input scale applied here)."
+        if self.normalize == "scalar":
+            raise ValueError("normalize='scalar' keeps no per-dimension statistics. Fix: build the SAE with normalize='dim' (or another mode)")
+        n, d = self.x_mean.shape
+        mean, std = torch.as_tensor(mean).double().reshape(-1, d), torch.as_tensor(std).double().reshape(-1, d)
+        if mean.shape != (n, d) or std.shape != (n, d): raise ValueError(f"expected mean and std of shape [{n}, {d}], got {tuple(mean.shape)}, {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("std must be finite and positive in every dimension (a constant dimension has std 0). "
+                             "Fix: use geometry.LayerStats.std(), which gives such a dimension its layer's median std")
+        p = torch.zeros(d, dtype=torch.bool)
+        if len(passthrough):
+            if not self.normalize.endswith("passthrough"):
+                raise ValueError(f"normalize={self.normalize!r} passes no dims through. Fix: give passthrough=() or use 'dim+passthrough'")
+            p[torch.as_tensor(list(passthrough), dtype=torch.long)] = True
+        s = torch.tensor(self.scales or [1.0], dtype=torch.float64)[:, None]
+        m, sd, rest = mean * s, std * s, ~p
+        if self.normalize.startswith("dim"):   # every reconstructed dim at variance 1/d_rest: E‖z − mean z‖² = 1
+            x_mean, x_unit = m, sd * math.sqrt(int(rest.sum()))
+        else:                                  # 'passthrough': one factor per layer, E‖z‖² = 1 over the reconstructed dims
+            x_mean = torch.zeros_like(m)
+            x_unit = (sd.pow(2) + m.pow(2))[:, rest].sum(1, keepdim=True).sqrt().expand(n, d)
+        self.x_mean.copy_(x_mean); self.x_unit.copy_(x_unit); self.passthrough.copy_(p)
+        self.W_dec[:, p] = 0; self.W_enc[:, p] = 0; self.unit_norm_decoder_()   # the copied dims take no part in the code
+
+    def _enc_input(self, z:Tensor) -> Tensor:
+        e = z - self.b_dec
+        return e.masked_fill(self.passthrough, 0) if self.normalize.endswith("passthrough") else e
+
+    def _encode(self, z:Tensor) -> EncoderOutput:
         ws = None
         if torch.is_grad_enabled() and self.training:   # a persistent buffer only pays off in training loops
-            self._workspace = ws = scratch((x.shape[0], self.d_sae), self.compute_dtype or x.dtype, x.device)
-        return EncoderOutput(*TopKEncode.apply(x - self.b_dec, self.W_enc, self.b_enc, self.k, self.compute_dtype, ws))
+            self._workspace = ws = scratch((z.shape[0], self.d_sae), self.compute_dtype or z.dtype, z.device)
+        return EncoderOutput(*TopKEncode.apply(self._enc_input(z), self.W_enc, self.b_enc, self.k, self.compute_dtype, ws))
 
-    def decode(self, top_acts:Tensor, top_idx:Tensor) -> Tensor:
-        "Reconstruction [n, d_model] from the top-k latents."
-        return decode_sparse(top_acts, top_idx, self.W_dec, self.b_dec)
+    def encode(self, x:Tensor, layer=None) -> EncoderOutput:
+        "Top-k latents of `x` [n, d_model] (`layer`: which layer's normalisation, for an SAE of several layers that is not 'scalar')."
+        self._check(x)
+        return self._encode(self.to_internal(x, layer))
 
-    def decode_dense(self, top_acts:Tensor, top_idx:Tensor) -> Tensor:
+    def decode(self, top_acts:Tensor, top_idx:Tensor, layer=None, x:Tensor|None=None) -> Tensor:
+        "Reconstruction [n, d_model] from the top-k latents, in the caller's space (`x`: the input, for the passthrough dims)."
+        return self.from_internal(decode_sparse(top_acts, top_idx, self.W_dec, self.b_dec), layer, x)
+
+    def decode_dense(self, top_acts:Tensor, top_idx:Tensor, layer=None, x:Tensor|None=None) -> Tensor:
         "Reference decoder through a dense code."
-        return decode_dense(top_acts, top_idx, self.W_dec, self.b_dec)
+        return self.from_internal(decode_dense(top_acts, top_idx, self.W_dec, self.b_dec), layer, x)
 
     def auxk(self, x:Tensor, x_hat:Tensor, dead_mask:Tensor, total_var:Tensor) -> Tensor:
-        "AuxK loss: the top dead latents reconstruct the residual x - x_hat."
+        "AuxK loss: the top dead latents reconstruct the residual x - x_hat (both in the SAE's own coordinates)."
         dead = dead_mask.nonzero().squeeze(1)
         k_aux = min(self.aux_k, len(dead))
-        pre = F.relu(F.linear(x - self.b_dec, self.W_enc[dead], self.b_enc[dead]))
+        pre = F.relu(F.linear(self._enc_input(x), self.W_enc[dead], self.b_enc[dead]))
         acts, sub = pre.topk(k_aux, dim=-1, sorted=False)
         e_hat = F.embedding_bag(sub, self.W_dec[dead], per_sample_weights=acts, mode="sum")
         e = (x - x_hat).detach()
         return min(len(dead) / self.aux_k, 1.0) * (e_hat - e).pow(2).sum() / total_var
 
-    def forward(self, x:Tensor, dead_mask:Tensor|None=None) -> ForwardOutput:
-        "Reconstruct `x` [n, d_model]; AuxK only when `dead_mask` [d_sae] marks dead latents."
-        top_acts, top_idx = self.encode(x)
-        x_hat = self.decode(top_acts, top_idx)
-        total_var = (x - x.mean(0)).pow(2).sum()
-        f = (x_hat - x).pow(2).sum() / total_var
-        aux = self.auxk(x, x_hat, dead_mask, total_var) if dead_mask is not None and dead_mask.any() else x.new_zeros(())
-        return ForwardOutput(x_hat, top_acts, top_idx, f, aux, f + self.aux_coef * aux)
+    def forward(self, x:Tensor, dead_mask:Tensor|None=None, layer=None) -> ForwardOutput:
+        "Reconstruct `x` [n, d_model]; AuxK only when `dead_mask` [d_sae] marks dead latents. The losses are in the SAE's own coordinates, x_hat in the caller's."
+        self._check(x)
+        z = self.to_internal(x, layer)
+        top_acts, top_idx = self._encode(z)
+        z_hat = decode_sparse(top_acts, top_idx, self.W_dec, self.b_dec)
+        total_var = (z - z.mean(0)).pow(2).sum()
+        f = (z_hat - z).pow(2).sum() / total_var
+        aux = self.auxk(z, z_hat, dead_mask, total_var) if dead_mask is not None and dead_mask.any() else z.new_zeros(())
+        return ForwardOutput(self.from_internal(z_hat, layer, x), top_acts, top_idx, f, aux, f + self.aux_coef * aux)
 
     @torch.no_grad()
-    def init_b_dec_(self, sample:Tensor):
-        "Start b_dec at the geometric median of `sample` [n, d_model]."
-        self.b_dec.copy_(geometric_median(sample))
+    def init_b_dec_(self, sample:Tensor, layer=None):
+        "Start b_dec at the geometric median of `sample` [n, d_model] (in the SAE's own coordinates)."
+        self.b_dec.copy_(geometric_median(self.to_internal(sample, layer)))
 
     @torch.no_grad()
     def unit_norm_decoder_(self):
@@ -209,7 +287,8 @@ class TopKSAE(nn.Module):
 # %% ../nbs/06_sae.ipynb #d2bcefd6
 def _cfg(sae) -> dict:
     return {"d_model": sae.d_model, "d_sae": sae.d_sae, "k": sae.k, "aux_k": sae.aux_k, "aux_coef": sae.aux_coef,
-            "layers": sae.layers, "scales": sae.scales, "format": "groupsae.TopKSAE/1"}
+            "layers": sae.layers, "scales": sae.scales, "format": "groupsae.TopKSAE/1",
+            **({"normalize": sae.normalize} if sae.normalize != "scalar" else {})}   # 'scalar' files stay as they were
 
 @torch.no_grad()
 def save(self:TopKSAE, path) -> Path:
@@ -228,7 +307,7 @@ def load(cls, path, device="cpu") -> TopKSAE:
     if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
         raise FileNotFoundError(f"{path} holds no saved SAE (cfg.json + sae.safetensors). Fix: train it first (`groupsae train`)")
     c = json.loads((path / "cfg.json").read_text())
-    sae = cls(c["d_model"], c["d_sae"], c["k"], c["aux_k"], c["aux_coef"], c["layers"], c["scales"])
+    sae = cls(c["d_model"], c["d_sae"], c["k"], c["aux_k"], c["aux_coef"], c["layers"], c["scales"], normalize=c.get("normalize", "scalar"))
     sae.load_state_dict(load_file(str(path / "sae.safetensors")))
     return sae.to(device)
 

@@ -13,7 +13,7 @@ from .config import RunConfig, results_dir, runs_dir, save_json, load_json, use_
 
 # %% auto #0
 __all__ = ['max_cos', 'mmcs', 'firing_matrix', 'max_jaccard', 'mmco', 'feature_spread', 'spread_summary', 'plot_spread',
-           'plot_similarity', 'encode_codes', 'compare_group', 'plot_similarity_grid', 'similarity_figures',
+           'plot_similarity', 'encode_codes', 'at_layer', 'compare_group', 'plot_similarity_grid', 'similarity_figures',
            'run_similarity']
 
 # %% ../nbs/10_similarity.ipynb #11fcc4d0
@@ -188,6 +188,12 @@ def _sample_rows(counts:Tensor, n:int, seed:int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return alive[torch.randperm(len(alive), generator=g)[:n]].sort().values
 
+def at_layer(sae, layer:int):
+    "`sae` on `layer` as an SAE of the paper's form: itself, or with its per-dimension normalisation folded in (09g `plain_sae`)."
+    if getattr(sae, "normalize", "scalar") == "scalar": return sae
+    from groupsae.attribution import plain_sae
+    return plain_sae(sae, layer, sae.scale_for(layer))
+
 @torch.no_grad()
 def compare_group(group_sae, # TopKSAE serving several layers
                   base_dec:dict, # {layer: baseline W_dec [d_sae_a, d_model]}
@@ -198,11 +204,12 @@ def compare_group(group_sae, # TopKSAE serving several layers
     layers = sorted(int(l) for l in group_sae.layers)
     missing = [l for l in layers if l not in base_dec or l not in base_codes or l not in x]
     if missing: raise KeyError(f"no baseline decoder, codes or activations for layers {missing}. Fix: pass every layer the group SAE serves")
-    per_layer, codes = {}, {l: encode_codes(group_sae, x[l]) for l in layers}
+    at = {l: at_layer(group_sae, l) for l in layers}   # itself, or folded per layer when it normalises each layer its own way
+    per_layer, codes = {}, {l: encode_codes(at[l], x[l]) for l in layers}
     for l in layers:
         (aa, ia), (ab, ib) = base_codes[l], codes[l]
         r = mmco(ia, ib, len(base_dec[l]), group_sae.d_sae, aa, ab)
-        per_layer[l] = {"mmcs": mmcs(base_dec[l], group_sae.W_dec), "mmco": r["mmco"], "n_alive": r["n_alive_a"],
+        per_layer[l] = {"mmcs": mmcs(base_dec[l], at[l].W_dec), "mmco": r["mmco"], "n_alive": r["n_alive_a"],
                         "n_dead": r["n_dead_a"]}
     counts = feature_spread([codes[l][1] for l in layers], group_sae.d_sae, [codes[l][0] for l in layers])
     rows = _sample_rows(counts, max_latents, seed)
@@ -333,7 +340,7 @@ def run_similarity(cfg:RunConfig, root=None,
             return sae
         base_dec, base_codes = {}, {}
         for l in layers:
-            b = load(group_name([l]))
+            b = at_layer(load(group_name([l])), l)
             base_dec[l], base_codes[l] = b.W_dec.detach(), encode_codes(b, x[l])
         for name, g in sorted(groups.items(), key=lambda kv: kv[1]):
             gs = load(name)

@@ -56,7 +56,8 @@ def evaluate_chunks(model, windows, sets:dict, locate, # dictionary -> its folde
         cur.append(d); used += b
     chunks += [cur] if cur else []
     out = {"pairs": {}, "windows": {"ce": {}, "fvu": {}}, "seconds": 0.0}
-    bf16 = use_bf16(cfg.eval.bf16, next(model.parameters()).device)
+    dev = next(model.parameters()).device
+    bf16, head_bf16 = use_bf16(cfg.eval.bf16, dev), use_bf16(getattr(cfg.eval, "head_bf16", False), dev)
     for i, chunk in enumerate(chunks):
         t0, names = time.perf_counter(), {d.name for d in chunk}
         mine = lambda key: [p for p in sets[key] if p[0].split("@L")[0] in names]
@@ -69,7 +70,7 @@ def evaluate_chunks(model, windows, sets:dict, locate, # dictionary -> its folde
                 else: saes[d.name] = m
             res = evaluate(model, windows, saes, mine("all"), scales, special, cfg.eval.batch_size, ce=mine("ce"), ce_windows=n_sweep_w,
                            progress=progress, claim_pairs=mine("claim"), fvu_windows=n_fvu_w, window_pairs=mine("window"), bf16=bf16,
-                           chunk=cfg.eval.head_chunk)
+                           chunk=cfg.eval.head_chunk, head_bf16=head_bf16)
         out["pairs"] |= res.pairs
         out["windows"]["ce"] |= res.windows["ce"]; out["windows"]["fvu"] |= res.windows["fvu"]
         out["windows"] |= {k: res.windows[k] for k in ("n_positions", "clean")}

@@ -18,7 +18,7 @@ from .strategy_models import MultiLayerSAE, CrossCoder, train_shared, save_share
 
 # %% auto #0
 __all__ = ['SCALING_NOTE', 'TRAIN_GB', 'CacheMissingError', 'study_cache', 'TokenStream', 'extra_windows', 'kept_tokens',
-           'extra_cache', 'study_saes', 'study_key', 'train_key', 'train_points']
+           'extra_cache', 'study_saes', 'study_key', 'train_key', 'dim_stats', 'train_points']
 
 # %% ../nbs/13b_strategy_train.ipynb #f671edf1
 class CacheMissingError(RuntimeError):
@@ -119,14 +119,25 @@ def train_key(cfg:RunConfig, study:ActivationCache) -> str:
 
 def _seed(*parts) -> int: return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") % 2**62
 
-def _fit_saes(cfg, dicts:list, windows:int, stream:TokenStream, scales:dict, d_model:int, out:Path, special=(), init=None, progress=False) -> dict:
+def dim_stats(cfg:RunConfig, root=None):
+    "The activations stage's per-dimension statistics when the preset's SAEs normalise per dimension (sae.normalize), else None."
+    if getattr(cfg.sae, "normalize", "scalar") == "scalar": return None
+    from groupsae.geometry import LayerStats
+    from groupsae.config import MissingFileError
+    path = runs_dir(cfg.preset, root) / "dim_stats.safetensors"
+    if not path.exists(): raise MissingFileError(path)
+    return LayerStats.load(path)
+
+def _fit_saes(cfg, dicts:list, windows:int, stream:TokenStream, scales:dict, d_model:int, out:Path, special=(), init=None, progress=False,
+              stats=None) -> dict:
     "Train the SAE dictionaries `dicts` on the stream's first `windows` windows (the study's Trainer and fit); save them; their seconds and tokens."
     per, acct, chunks, cur, size = 32 * d_model * 4, {}, [], [], 0   # bytes per latent: W_enc, W_dec, gradients, two Adam moments (fp32)
     for d in dicts:
         if cur and size + per * d.d_sae > TRAIN_GB * 1e9: chunks.append(cur); cur, size = [], 0
         cur.append(d); size += per * d.d_sae
     for chunk in chunks + [cur]:
-        tr = Trainer([SAESpec(d.name, d.layers, d.d_sae, d.k) for d in chunk], d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, init=init)
+        tr = Trainer([SAESpec(d.name, d.layers, d.d_sae, d.k) for d in chunk], d_model, scales, cfg.sae, cfg.train, seed=cfg.seed,
+                     dim_stats=stats, init=init)
         dummy = torch.zeros(1, cfg.data.context_len, dtype=torch.long).expand(stream.n_windows, -1)   # fit reads the stream, not these
         fit(tr, None, dummy, windows * (cfg.data.context_len - int(len(special) > 0)), cfg.data.batch_size, special, checkpoint=out / "ckpt.pt",
             checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every, progress=progress, restart_stale=True,
@@ -147,7 +158,8 @@ def train_points(cfg:RunConfig, points:list, stream:TokenStream, scales:dict, d_
     bos = int(len(special) > 0)
     fresh = lambda d: study_key(d) not in reuse and d.name not in done
     where = lambda d: study_dir / reuse[study_key(d)] if study_key(d) in reuse else out / "saes" / d.name
-    fit_saes = lambda ds, init=None, progress=False: _fit_saes(cfg, ds, ds[0].windows, stream, scales, d_model, out, special, init, progress)
+    stats = dim_stats(cfg, root)
+    fit_saes = lambda ds, init=None, progress=False: _fit_saes(cfg, ds, ds[0].windows, stream, scales, d_model, out, special, init, progress, stats)
     for p in points:
         todo = list({d.name: d for run in p.runs for d in run if fresh(d)}.values())
         if not todo: continue

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .config import (use_bf16, RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, override, results_dir,
+from .config import (use_bf16, RunConfig, SAEConfig, TrainConfig, ConfigError, CorruptFileError, MissingFileError, override, results_dir,
                              runs_dir, save_json, load_json)
 from .models import blocks
 from .sae import TopKSAE, DeadLatentTracker
@@ -26,12 +26,14 @@ __all__ = ['TIMING_KEYS', 'draw_layers', 'sae_step_flops', 'auxk_flops', 'NonFin
 # %% ../nbs/07_train.ipynb #55973606
 def draw_layers(acts:Tensor, # [n_rows, n_tokens, d_model] activations of the trainer's layers
                 rows:Tensor, # [n] rows of `acts` holding the group's layers
-                gen:torch.Generator) -> Tensor: # [n_tokens, d_model]
-    "One activation per token from a row of `rows` drawn uniformly at random (a singleton needs no draw)."
+                gen:torch.Generator,
+                with_choice:bool=False): # also return which of `rows` each token drew ([n_tokens] indices; 0 for a singleton)
+    "One activation per token from a row of `rows` drawn uniformly at random (a singleton needs no draw): [n_tokens, d_model]."
     n = acts.shape[1]
-    if len(rows) == 1: return acts[rows[0]]
+    if len(rows) == 1: return (acts[rows[0]], 0) if with_choice else acts[rows[0]]
     choice = torch.randint(len(rows), (n,), generator=gen, device=acts.device)
-    return acts[rows[choice], torch.arange(n, device=acts.device)]
+    x = acts[rows[choice], torch.arange(n, device=acts.device)]
+    return (x, choice) if with_choice else x
 
 # %% ../nbs/07_train.ipynb #521b8c34
 def sae_step_flops(n:int, d_model:int, d_sae:int, k:int, dense_grad:bool=False, sparse:bool=True) -> int:
@@ -74,7 +76,8 @@ class Trainer:
     def __init__(self, specs:list, d_model:int,
                  scales:dict, # {layer: input scale} (results/P/scales.json)
                  sae_cfg:SAEConfig, train_cfg:TrainConfig, seed:int=0, device="cpu",
-                 init:dict|None=None): # {SAE name: state dict}: start that SAE from these parameters (layer-wise transfer; b_dec kept)
+                 dim_stats=None, # geometry.LayerStats of the served layers, for sae.normalize other than 'scalar' (runs/P/dim_stats.safetensors)
+                 init:dict|None=None): # {SAE name: state dict}: start that SAE from these parameters (layer-wise transfer; b_dec and the layer's statistics kept)
         self.specs, self.d_model, self.sae_cfg, self.cfg = list(specs), d_model, sae_cfg, train_cfg
         self.device = torch.device(device)
         self.bf16 = use_bf16(train_cfg.bf16, self.device)   # "auto": bf16 products only where the CPU multiplies them fast
@@ -85,12 +88,19 @@ class Trainer:
         missing = [l for l in self.layers if l not in scales]
         if missing: raise ConfigError(f"no input scale for layers {missing}. Fix: rerun the 'activations' stage (scales.json)")
         self.scale_t = torch.tensor([scales[l] for l in self.layers], device=self.device)
+        norm = getattr(sae_cfg, "normalize", "scalar")
+        if norm != "scalar" and dim_stats is None:
+            raise ConfigError(f"sae.normalize={norm!r} needs each layer's per-dimension statistics (runs/P/dim_stats.safetensors). "
+                              "Fix: rerun the 'activations' stage, which writes them, or use sae.normalize='scalar'")
         pos = {l: i for i, l in enumerate(self.layers)}
-        self.saes, self.opts, self.gens, self.rows, self.dead = {}, {}, {}, {}, {}
+        self.saes, self.opts, self.gens, self.rows, self.dead, self.layer_ids = {}, {}, {}, {}, {}, {}
         for s in self.specs:
             sae = TopKSAE(d_model, s.d_sae, s.k, sae_cfg.aux_k, sae_cfg.aux_coef, s.layers, [scales[l] for l in s.layers],
                           compute_dtype=torch.bfloat16 if self.bf16 else None,
-                          seed=_seed_of(seed, s.name, "init"))          # each SAE's init depends only on (seed, name)
+                          seed=_seed_of(seed, s.name, "init"), normalize=norm)   # each SAE's init depends only on (seed, name)
+            if norm != "scalar":   # its own per-dimension normalisation of each served layer (06_sae); massive dims copied in '...passthrough'
+                mean, std, massive = dim_stats.sae_stats(s.layers)
+                sae.set_stats_(mean, std, massive if norm.endswith("passthrough") else ())
             if init and s.name in init:                                       # a transfer's start: the neighbour's trained parameters
                 sae.load_state_dict({n: init[s.name][n] for n, _ in sae.named_parameters()}, strict=False)
             self.saes[s.name] = sae.to(self.device)
@@ -98,6 +108,7 @@ class Trainer:
                                                  fused=self.device.type in ("cpu", "cuda"))
             self.gens[s.name] = torch.Generator(self.device).manual_seed(_seed_of(seed, s.name, "draw"))
             self.rows[s.name] = torch.tensor([pos[l] for l in s.layers], device=self.device)
+            self.layer_ids[s.name] = torch.tensor(s.layers, device=self.device)
             self.dead[s.name] = DeadLatentTracker(s.d_sae, sae_cfg.dead_tokens, self.device)
         self.warm = set(init or ()) & set(names)   # SAEs started from given weights: no geometric-median b_dec
         n = len(self.specs)
@@ -133,10 +144,11 @@ def next_batch(self:Trainer, it) -> Tensor:
 @patch
 def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     sae, opt, dead, n = self.saes[spec.name], self.opts[spec.name], self.dead[spec.name], x_all.shape[1]
-    x = draw_layers(x_all, self.rows[spec.name], self.gens[spec.name])
-    if self.step_idx == 0 and spec.name not in self.warm: sae.init_b_dec_(x)
+    x, choice = draw_layers(x_all, self.rows[spec.name], self.gens[spec.name], with_choice=True)
+    layer = None if sae.normalize == "scalar" else self.layer_ids[spec.name][choice]   # each row's own normalisation
+    if self.step_idx == 0 and spec.name not in self.warm: sae.init_b_dec_(x, layer)
     mask = dead.mask if self.sae_cfg.aux_coef > 0 and self.tokens[spec.name] >= self.sae_cfg.dead_tokens else None  # host test: no sync
-    out = sae(x, dead_mask=mask)       # train.bf16: the SAE's own bf16 matmuls (compute_dtype), weights stay fp32
+    out = sae(x, dead_mask=mask, layer=layer)       # train.bf16: the SAE's own bf16 matmuls (compute_dtype), weights stay fp32
     out.loss.backward()
     sae.remove_parallel_grad_()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.clip)
@@ -339,7 +351,13 @@ def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:P
     device = next(inp.model.parameters()).device
     owner = assign_ranks([sae_step_flops(1, d_model, s.d_sae, s.k) for s in specs], world)
     mine = [s for s, r in zip(specs, owner) if r == rank]
-    trainer = Trainer(mine, d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, device=device)
+    stats = None
+    if cfg.sae.normalize != "scalar":   # the activations stage's per-dimension statistics (03a_geometry)
+        from groupsae.geometry import LayerStats
+        path = runs / "dim_stats.safetensors"
+        if not path.exists(): raise MissingFileError(path)
+        stats = LayerStats.load(path)
+    trainer = Trainer(mine, d_model, scales, cfg.sae, cfg.train, seed=cfg.seed, device=device, dim_stats=stats)
     ckpt = shard_path(runs / ckpt_name, rank, world)
     log_fn = wandb_logger(cfg.train.wandb, f"{cfg.preset}-train-rank{rank}", cfg.to_dict())
     source = (lambda a, b: training_batches(cfg, inp, root, trainer.layers, a, b)) if cfg.activations.cache else None
@@ -356,7 +374,7 @@ def _train_pass(cfg:RunConfig, inp, specs:list, scales:dict, d_model:int, runs:P
                 if isinstance(sae, dict):   # another rank's weights: rebuild the SAE around them
                     spec = next(s for s in specs if s.name == name)
                     sd, sae = sae, TopKSAE(d_model, spec.d_sae, spec.k, cfg.sae.aux_k, cfg.sae.aux_coef, spec.layers,
-                                           [scales[l] for l in spec.layers])
+                                           [scales[l] for l in spec.layers], normalize=cfg.sae.normalize)
                     sae.load_state_dict(sd)
                 sae.save(runs / "saes" / name)
         out = {"acct": {n: a for p in parts for n, a in p["acct"].items()}, "model_s": max(p["model_s"] for p in parts),
