@@ -203,3 +203,21 @@ def test_errors_are_one_line_naming_the_fix_and_lose_nothing(tiny_strategies, ca
     for w, b, a in zip(watched, before, after):
         assert {k: v for k, v in a.items() if k not in ("config.json", "timings.json")} == \
                {k: v for k, v in b.items() if k not in ("config.json", "timings.json")}, w
+
+def test_strategies_with_per_dimension_normalisation(tmp_path):
+    "sae.normalize='dim' (the massive-activations recipe): the SAE arms train with the activations stage's statistics; a transfer SAE keeps its own layer's."
+    from groupsae.cli import run_stages
+    from groupsae.geometry import LayerStats
+    from groupsae.sae import TopKSAE
+    torch.set_num_threads(1)
+    cfg = override(get_preset("tiny"), **{"sae.normalize": "dim", "strategies.arms": ["per_layer", "transfer_fwd", "mlsae"]})
+    run_stages(cfg, ("activations", "distances", "group", "costs", "train", "strategies"), tmp_path, log=lambda m: None)
+    st = load_json(results_dir("tiny", tmp_path) / "strategies.json")
+    assert set(st["arms"]) == {"per_layer", "group_amad", "transfer_fwd", "mlsae"}
+    stats = LayerStats.load(runs_dir("tiny", tmp_path) / "dim_stats.safetensors")
+    saved = sorted((runs_dir("tiny", tmp_path) / "strategies" / "saes").glob("tfwd-L02-*"))
+    assert saved
+    sae = TopKSAE.load(saved[0])
+    ref = TopKSAE(sae.d_model, sae.d_sae, sae.k, layers=sae.layers, scales=sae.scales, normalize="dim")
+    ref.set_stats_(*stats.sae_stats([2])[:2])
+    torch.testing.assert_close(sae.x_mean, ref.x_mean); torch.testing.assert_close(sae.x_unit, ref.x_unit)   # layer 2's, not its neighbour's
