@@ -201,8 +201,9 @@ def run_strategies(cfg:RunConfig, root=None, progress:bool=True) -> dict:
     save_json(out, res / "strategies.json")
     summary = load_json(res / "summary.json") if (res / "summary.json").exists() else {}
     save_json(summary | summary_keys(v), res / "summary.json")
+    from groupsae.cli import peak_rss_gb
     save_timings({"strategies.json": {"extra_forward_s": round(fwd_s, 1), "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t1, 1),
-                                      "total_s": round(time.perf_counter() - t_all, 1)}}, res)
+                                      "total_s": round(time.perf_counter() - t_all, 1), "peak_rss_gb": round(peak_rss_gb(), 2)}}, res)
     if progress:
         for a, row in v.items(): print(f"strategies ({a}): Ĝ beats per-layer SAEs on fewer tokens: {row['beats_per_layer']}; "
                                        f"below the envelope: {row['below_envelope']}")
