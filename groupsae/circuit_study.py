@@ -12,7 +12,7 @@ from .config import RunConfig, load_json, results_dir, save_json
 from .models import blocks
 from .evaluate import layer_scale, load_saes
 from .eval_report import eval_plan
-from .sae import TopKSAE
+from .sae import TopKSAE, untrained_twin
 from .circuits import make_task, task_batch
 from .attribution import ERROR_MODES, attribute, circuit_curves, exact_effects, layer_saes, model_metric, residual_grads, t_grid
 
@@ -37,12 +37,11 @@ def circuit_arms(groups:dict, # the content of groups.json
 def untrained_arm(saes:dict, # {SAE name: TopKSAE}, holding the baseline's
                   baseline:dict, # {layer: SAE name} of the per-layer baseline
                   scales:dict|None=None, seed:int=0) -> tuple:
-    "An untrained twin of each layer's baseline SAE (same width, k and input scale; seeded): ({name: TopKSAE}, {layer: name})."
+    "An untrained twin of each layer's baseline SAE (06_sae's `untrained_twin`: same width, k, input scale and normalisation; seeded): ({name: TopKSAE}, {layer: name})."
     new, layers = {}, {}
     for l, name in sorted((int(l), n) for l, n in baseline.items()):
-        b = saes[name]
         layers[l] = f"untrained-L{l:02d}"
-        new[layers[l]] = TopKSAE(b.d_model, b.d_sae, b.k, layers=[l], scales=[layer_scale(b, l, scales)], seed=seed).to(b.W_dec.device).eval().requires_grad_(False)
+        new[layers[l]] = untrained_twin(saes[name], l, seed, layer_scale(saes[name], l, scales))
     return new, layers
 
 # %% ../nbs/09h_circuit_study.ipynb #a9fdbbf9

@@ -262,7 +262,7 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
                calibration_words=CALIBRATION_WORDS, calibration_tokens:int=100_000, log=print) -> dict:
     "The interp stage: the LLM-free measures of the baseline, Ĝ and G = 1 SAEs, and (with `interp.llm`) the LLM's explanations and scores; writes interp.json."
     from groupsae.activations import study_inputs, load_scales
-    from groupsae.sae import TopKSAE
+    from groupsae.sae import TopKSAE, untrained_twin
     t_start, log = time.perf_counter(), log or (lambda *a: None)
     ic, res = cfg.interp, results_dir(cfg.preset, root)
     set_seed(cfg.seed)
@@ -282,10 +282,10 @@ def run_interp(cfg:RunConfig, root=None, client:LLMClient|None=None, layers:list
     saes = {n: TopKSAE.load(sae_dir / n, device=dev).eval() for n in dict.fromkeys(u.sae for u in llm_units + m_units if u.family != "untrained")}
     try: scales = load_scales(cfg.preset, root)
     except FileNotFoundError: scales = None
-    for u in m_units:   # an untrained twin of the layer's baseline SAE: same width, k and input scale
+    for u in m_units:   # an untrained twin of the layer's baseline SAE: same width, k, input scale and normalisation
         if u.family == "untrained":
             b = saes[group_name(u.layers)]
-            saes[u.sae] = TopKSAE(b.d_model, b.d_sae, b.k, layers=u.layers, scales=[layer_scale(b, u.layers[0], scales)], seed=cfg.seed).to(dev).eval()
+            saes[u.sae] = untrained_twin(b, u.layers[0], cfg.seed, layer_scale(b, u.layers[0], scales))
     small = sorted({n for n, s in saes.items() if max(ic.probe_ks) > s.d_sae})
     if small: raise ValueError(f"interp.probe_ks={ic.probe_ks} holds k > d_sae of SAEs {small}. Fix: use k values up to their d_sae")
     sample = measure_sample(cfg, inp.tokenizer, inp.special)   # the tasks' checks fail here, before any model pass

@@ -15,7 +15,8 @@ from .config import atomic_write
 
 # %% auto #0
 __all__ = ['GRAD_CHUNK', 'NORMALIZE_MODES', 'fvu', 'scratch', 'TopKEncode', 'decode_sparse', 'decode_dense', 'geometric_median',
-           'DeadLatentTracker', 'EncoderOutput', 'ForwardOutput', 'check_finite', 'TopKSAE', 'save', 'load']
+           'DeadLatentTracker', 'EncoderOutput', 'ForwardOutput', 'check_finite', 'TopKSAE', 'save', 'load',
+           'untrained_twin']
 
 # %% ../nbs/06_sae.ipynb #5c4fc232
 def fvu(x:Tensor, x_hat:Tensor) -> Tensor:
@@ -312,3 +313,16 @@ def load(cls, path, device="cpu") -> TopKSAE:
     return sae.to(device)
 
 TopKSAE.save, TopKSAE.load = save, load
+
+# %% ../nbs/06_sae.ipynb #e7a10002
+@torch.no_grad()
+def untrained_twin(sae:TopKSAE, layer:int, # the layer of `sae` the twin serves
+                   seed:int=0, scale:float|None=None) -> TopKSAE: # `layer`'s input scale (default: the one `sae` stores)
+    "An untrained SAE of `sae`'s width, k and recipe for one of its layers: seeded initial weights, the same input scale and normalisation statistics."
+    twin = TopKSAE(sae.d_model, sae.d_sae, sae.k, sae.aux_k, sae.aux_coef, layers=[layer], seed=seed, normalize=sae.normalize,
+                   scales=[sae.scale_for(layer) if scale is None else scale])
+    if sae.normalize != "scalar":
+        r = sae._rows(layer)
+        twin.x_mean.copy_(sae.x_mean[r]); twin.x_unit.copy_(sae.x_unit[r]); twin.passthrough.copy_(sae.passthrough)
+        twin.W_dec[:, twin.passthrough] = 0; twin.W_enc[:, twin.passthrough] = 0; twin.unit_norm_decoder_()   # as set_stats_ does
+    return twin.to(sae.W_dec.device).eval().requires_grad_(False)
