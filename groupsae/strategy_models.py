@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 from .config import atomic_write
-from .sae import TopKSAE, TopKEncode, ForwardOutput, EncoderOutput, DeadLatentTracker, decode_sparse, scratch
+from .sae import TopKSAE, TopKEncode, geometric_median, ForwardOutput, EncoderOutput, DeadLatentTracker, decode_sparse, scratch
 from .models import blocks, block_output
 from .data import keep_mask
 from .train import NonFiniteError
 
 # %% auto #0
-__all__ = ['SHARED', 'layer_fvu', 'standardise', 'MultiLayerSAE', 'CrossCoder', 'train_shared', 'save_shared', 'load_dictionary',
-           'CleanStreams', 'CrossCoderLayer']
+__all__ = ['SHARED_NORMALIZE', 'SHARED', 'layer_fvu', 'standardise', 'MultiLayerSAE', 'CrossCoder', 'train_shared', 'save_shared',
+           'load_dictionary', 'CleanStreams', 'CrossCoderLayer']
 
 # %% ../nbs/13a_strategy_models.ipynb #e2669353
 def layer_fvu(x:Tensor, # [n_layers, n, d_model] (the inputs: no gradient)
@@ -32,71 +32,112 @@ def standardise(x:Tensor, eps:float=1e-6) -> tuple:
     return (x - mu) / sd, mu, sd
 
 # %% ../nbs/13a_strategy_models.ipynb #5f10116e
+SHARED_NORMALIZE = ("scalar", "dim")   # the sae.normalize modes the shared dictionaries support
+
+def _check_normalize(normalize:str, kind:str):
+    if normalize not in SHARED_NORMALIZE:
+        raise ValueError(f"the {kind} supports sae.normalize in {SHARED_NORMALIZE}, not {normalize!r}. Fix: use 'dim' (per-dimension standardisation)")
+
 class MultiLayerSAE(nn.Module):
-    "MLSAE: one TopK SAE fed every layer's vector of each token position, each vector standardised over d_model, its reconstruction de-standardised."
+    "MLSAE: one TopK SAE fed every layer's vector of each token position, each vector standardised (over d_model, or per dimension with its layer's statistics under 'dim'), its reconstruction de-standardised."
     kind = "mlsae"
     def __init__(self, d_model:int, d_sae:int, k:int, layers, scales, aux_k:int|None=None, aux_coef:float=1/32,
-                 compute_dtype=None, seed:int|None=None):
+                 compute_dtype=None, seed:int|None=None, normalize:str="scalar"):
         super().__init__()
-        self.sae = TopKSAE(d_model, d_sae, k, aux_k, aux_coef, layers, scales, compute_dtype, seed)
+        _check_normalize(normalize, "MLSAE")
+        self.sae = TopKSAE(d_model, d_sae, k, aux_k, aux_coef, layers, scales, compute_dtype, seed, normalize=normalize)
         self._last = None
     layers = property(lambda self: self.sae.layers)
     scales = property(lambda self: self.sae.scales)
     d_sae = property(lambda self: self.sae.d_sae)
     W_dec = property(lambda self: self.sae.W_dec)
+    normalize = property(lambda self: self.sae.normalize)   # not 'scalar': the evaluation passes each vector's layer
+
+    def set_stats_(self, mean:Tensor, std:Tensor): # [len(layers), d_model] each layer's raw per-dimension mean and std
+        "Under 'dim': each layer's per-dimension statistics (06_sae's `set_stats_`), which replace the per-vector standardisation."
+        self.sae.set_stats_(mean, std)
+        return self
+
+    def _standardise(self, x:Tensor) -> tuple: # x: [n_layers, n, d_model] of every layer, in `layers` order
+        "(z, back): the vectors standardised over d_model ('scalar', the MLSAE paper's recipe) or per dimension with each layer's statistics ('dim'), and the inverse."
+        if self.normalize == "scalar":
+            z, mu, sd = standardise(x)
+            return z, lambda z_hat: z_hat * sd + mu
+        m, u = self.sae.x_mean[:, None], self.sae.x_unit[:, None]
+        return (x - m) / u, lambda z_hat: z_hat * u + m
 
     def forward(self, x:Tensor, # [n_layers, n, d_model] scaled activations of every layer at the same n positions
                 dead_mask:Tensor|None=None) -> ForwardOutput:
         "Reconstruct every layer's vectors; loss = the mean over layers of their FVU in the standardised space, + AuxK."
-        z, mu, sd = standardise(x)
+        z, back = self._standardise(x)
         n_layers, n, d = z.shape
         flat = z.reshape(n_layers * n, d)
-        top_acts, top_idx = self.sae.encode(flat)
-        z_hat = self.sae.decode(top_acts, top_idx)
+        top_acts, top_idx = self.sae._encode(flat)                      # flat is in the inner SAE's own coordinates already
+        z_hat = decode_sparse(top_acts, top_idx, self.sae.W_dec, self.sae.b_dec)
         per_layer = layer_fvu(z, z_hat.view(n_layers, n, d))
         fvu = per_layer.mean()
         var = (z - z.mean(1, keepdim=True)).pow(2).sum()
         aux = self.sae.auxk(flat, z_hat, dead_mask, var) if dead_mask is not None and dead_mask.any() else fvu.new_zeros(())
-        return ForwardOutput((z_hat.view(n_layers, n, d) * sd + mu), top_acts, top_idx, fvu, aux, fvu + self.sae.aux_coef * aux)
+        return ForwardOutput(back(z_hat.view(n_layers, n, d)), top_acts, top_idx, fvu, aux, fvu + self.sae.aux_coef * aux)
 
-    def encode(self, x:Tensor, **kw) -> EncoderOutput: # x: [n, d_model] one layer's scaled vectors
-        "Top-k latents of one layer's vectors (standardised first; their statistics are kept for `decode`)."
+    def encode(self, x:Tensor, layer=None, **kw) -> EncoderOutput: # x: [n, d_model] one layer's scaled vectors
+        "Top-k latents of one layer's vectors (standardised first; over d_model their statistics are kept for `decode`, per dimension `layer`'s are used)."
+        if self.normalize != "scalar": return self.sae.encode(x, layer)
         z, mu, sd = standardise(x)
         self._last = (mu, sd)
         return self.sae.encode(z)
 
-    def decode(self, top_acts:Tensor, top_idx:Tensor, **kw) -> Tensor:
-        "Reconstruction of the vectors `encode` saw last, in their own scaled space."
+    def decode(self, top_acts:Tensor, top_idx:Tensor, layer=None, x=None, **kw) -> Tensor:
+        "Reconstruction of the vectors `encode` saw last, in their own scaled space (`layer`: theirs, under 'dim')."
+        if self.normalize != "scalar": return self.sae.decode(top_acts, top_idx, layer)
         mu, sd = self._last
         if len(mu) != len(top_acts): raise ValueError("decode follows the encode of the same vectors. Fix: call encode first")
         return self.sae.decode(top_acts, top_idx) * sd + mu
 
     def init_b_dec_(self, x:Tensor):
         "b_dec at the geometric median of the standardised vectors of `x` [n_layers, n, d_model]."
-        self.sae.init_b_dec_(standardise(x)[0].reshape(-1, x.shape[-1]))
+        self.sae.b_dec.data.copy_(geometric_median(self._standardise(x)[0].reshape(-1, x.shape[-1])))
 
 # %% ../nbs/13a_strategy_models.ipynb #caf3aa2b
 class CrossCoder(nn.Module):
     "Acausal TopK crosscoder: one dictionary whose encoder reads every layer (Σ_l W_enc^l a^l + b) and whose decoder writes every layer, k latents per position."
     kind = "crosscoder"
     def __init__(self, d_model:int, d_sae:int, k:int, layers, scales, aux_k:int|None=None, aux_coef:float=1/32,
-                 compute_dtype=None, seed:int|None=None):
+                 compute_dtype=None, seed:int|None=None, normalize:str="scalar"):
         super().__init__()
+        _check_normalize(normalize, "crosscoder")
         self.d_model, self.layers, self.scales = d_model, [int(l) for l in layers], [float(s) for s in scales]
-        self.sae = TopKSAE(len(self.layers) * d_model, d_sae, k, aux_k or d_model // 2, aux_coef, compute_dtype=compute_dtype, seed=seed)
+        self.sae = TopKSAE(len(self.layers) * d_model, d_sae, k, aux_k or d_model // 2, aux_coef, compute_dtype=compute_dtype, seed=seed,
+                           normalize=normalize)
     d_sae = property(lambda self: self.sae.d_sae)
+    normalize = property(lambda self: self.sae.normalize)
+
+    def set_stats_(self, mean:Tensor, std:Tensor): # [len(layers), d_model] each layer's raw per-dimension mean and std
+        "Under 'dim': every layer's dimensions standardised with that layer's statistics (in its scaled space), side by side."
+        s = torch.tensor(self.scales, dtype=torch.float64)[:, None]
+        self.sae.set_stats_((torch.as_tensor(mean).double() * s).reshape(1, -1), (torch.as_tensor(std).double() * s).reshape(1, -1))
+        return self
+
+    def to_internal(self, flat:Tensor) -> Tensor: return self.sae.to_internal(flat)    # the identity under 'scalar'
+    def from_internal(self, z:Tensor) -> Tensor: return self.sae.from_internal(z)
 
     def flatten(self, x:Tensor) -> Tensor: # [n_layers, n, d_model] -> [n, n_layers·d_model]
         "The layers of each position side by side."
         return x.permute(1, 0, 2).reshape(x.shape[1], -1)
 
     def encode(self, flat:Tensor) -> EncoderOutput: # flat: [n, n_layers·d_model], the layers side by side
-        "Top-k latents of Σ_l W_enc^l a^l + b (no b_dec subtracted: Anthropic's encoder)."
+        "Top-k latents of Σ_l W_enc^l a^l + b (no b_dec subtracted: Anthropic's encoder), the layers standardised first under 'dim'."
+        return self._encode(self.to_internal(flat))
+
+    def _encode(self, flat:Tensor) -> EncoderOutput:
         ws = scratch((flat.shape[0], self.d_sae), self.sae.compute_dtype or flat.dtype, flat.device) if torch.is_grad_enabled() and self.training else None
         return EncoderOutput(*TopKEncode.apply(flat, self.sae.W_enc, self.sae.b_enc, self.sae.k, self.sae.compute_dtype, ws))
 
     def decode(self, top_acts:Tensor, top_idx:Tensor) -> Tensor: # [n, n_layers·d_model]
-        "Every layer's reconstruction through a dense code: with n_layers·d_model outputs per latent, one product beats gathering k rows per position."
+        "Every layer's reconstruction (in the scaled space) through a dense code: with n_layers·d_model outputs per latent, one product beats gathering k rows per position."
+        return self.from_internal(self._decode(top_acts, top_idx))
+
+    def _decode(self, top_acts:Tensor, top_idx:Tensor) -> Tensor:
         z = torch.zeros(len(top_acts), self.d_sae, dtype=top_acts.dtype, device=top_acts.device).scatter(1, top_idx, top_acts)
         cd = self.sae.compute_dtype
         if cd is None: return z @ self.sae.W_dec + self.sae.b_dec
@@ -104,18 +145,19 @@ class CrossCoder(nn.Module):
 
     def forward(self, x:Tensor, # [n_layers, n, d_model] scaled activations of every layer at the same n positions
                 dead_mask:Tensor|None=None) -> ForwardOutput:
-        "Reconstruct every layer from every layer; loss = the mean over layers of their FVU, + AuxK."
+        "Reconstruct every layer from every layer; loss = the mean over layers of their FVU (in the standardised space under 'dim'), + AuxK."
         n_layers, n, d = x.shape
-        flat = self.flatten(x)
-        top_acts, top_idx = self.encode(flat)
-        flat_hat = self.decode(top_acts, top_idx)
-        x_hat = flat_hat.view(n, n_layers, d).permute(1, 0, 2)
-        fvu = layer_fvu(x, x_hat).mean()
-        aux = self.auxk(x, flat, flat_hat, dead_mask) if dead_mask is not None and dead_mask.any() else fvu.new_zeros(())
+        flat = self.to_internal(self.flatten(x))
+        top_acts, top_idx = self._encode(flat)
+        flat_hat = self._decode(top_acts, top_idx)
+        layered = lambda f: f.view(n, n_layers, d).permute(1, 0, 2)
+        fvu = layer_fvu(layered(flat), layered(flat_hat)).mean()
+        aux = self.auxk(layered(flat), flat, flat_hat, dead_mask) if dead_mask is not None and dead_mask.any() else fvu.new_zeros(())
+        x_hat = layered(self.from_internal(flat_hat))
         return ForwardOutput(x_hat, top_acts, top_idx, fvu, aux, fvu + self.sae.aux_coef * aux)
 
     def auxk(self, x:Tensor, flat:Tensor, flat_hat:Tensor, dead_mask:Tensor) -> Tensor:
-        "AuxK (06_sae's, with this encoder): the top dead latents reconstruct the residual, over the variance of every layer."
+        "AuxK (06_sae's, with this encoder): the top dead latents reconstruct the residual, over the variance of every layer (all in the crosscoder's own coordinates)."
         sae, dead = self.sae, dead_mask.nonzero().squeeze(1)
         k_aux = min(sae.aux_k, len(dead))
         acts, sub = torch.nn.functional.relu(torch.nn.functional.linear(flat, sae.W_enc[dead], sae.b_enc[dead])).topk(k_aux, dim=-1, sorted=False)
@@ -177,7 +219,8 @@ def load_dictionary(path, device="cpu"):
     if not (path / "strategy.json").exists(): return TopKSAE.load(path, device)
     meta = json.loads((path / "strategy.json").read_text())
     inner = TopKSAE.load(path)
-    model = SHARED[meta["kind"]](meta["d_model"], inner.d_sae, inner.k, meta["layers"], meta["scales"], inner.aux_k, inner.aux_coef)
+    model = SHARED[meta["kind"]](meta["d_model"], inner.d_sae, inner.k, meta["layers"], meta["scales"], inner.aux_k, inner.aux_coef,
+                                 normalize=inner.normalize)
     model.sae.load_state_dict(inner.state_dict())
     return model.to(device)
 
@@ -223,6 +266,8 @@ class CrossCoderLayer(nn.Module):
         n, L, d = cc.d_sae, len(cc.layers), cc.d_model
         self.W_dec = cc.sae.W_dec.detach().view(n, L, d)[:, i].contiguous()      # this layer's decoder block
         self.b_dec = cc.sae.b_dec.detach().view(L, d)[i].clone()
+        dim = cc.normalize != "scalar"   # this layer's block of the standardisation, to undo it
+        self.x_unit, self.x_mean = (cc.sae.x_unit.view(L, d)[i].clone(), cc.sae.x_mean.view(L, d)[i].clone()) if dim else (None, None)
     def encode(self, x:Tensor, **kw) -> EncoderOutput: # x: [n, d_model] this layer's scaled vectors at the batch's kept positions
         "The crosscoder's code of these positions, from every layer's clean vectors."
         enc = self.streams.codes(self.cc)
@@ -230,5 +275,6 @@ class CrossCoderLayer(nn.Module):
                                                           "Fix: pass evaluate the same `special` tokens as CleanStreams")
         return enc
     def decode(self, top_acts:Tensor, top_idx:Tensor, **kw) -> Tensor:
-        "This layer's reconstruction [n, d_model]."
-        return decode_sparse(top_acts, top_idx, self.W_dec, self.b_dec)
+        "This layer's reconstruction [n, d_model] in its scaled space."
+        z = decode_sparse(top_acts, top_idx, self.W_dec, self.b_dec)
+        return z if self.x_unit is None else z * self.x_unit + self.x_mean

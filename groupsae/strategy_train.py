@@ -14,7 +14,7 @@ from .activations import ActivationCache, CacheInvalid, activation_dtype, cache_
 from .study import SAESpec, seed_of
 from .train import Trainer, fit
 from .strategies import Dictionary
-from .strategy_models import MultiLayerSAE, CrossCoder, train_shared, save_shared, load_dictionary
+from .strategy_models import SHARED_NORMALIZE, MultiLayerSAE, CrossCoder, train_shared, save_shared, load_dictionary
 
 # %% auto #0
 __all__ = ['SCALING_NOTE', 'TRAIN_GB', 'CacheMissingError', 'study_cache', 'TokenStream', 'extra_windows', 'kept_tokens',
@@ -159,6 +159,9 @@ def train_points(cfg:RunConfig, points:list, stream:TokenStream, scales:dict, d_
     fresh = lambda d: study_key(d) not in reuse and d.name not in done
     where = lambda d: study_dir / reuse[study_key(d)] if study_key(d) in reuse else out / "saes" / d.name
     stats = dim_stats(cfg, root)
+    if cfg.sae.normalize not in SHARED_NORMALIZE and any(d.kind != "sae" for p in points for run in p.runs for d in run):
+        raise ConfigError(f"sae.normalize={cfg.sae.normalize!r}: the MLSAE and crosscoder arms support {SHARED_NORMALIZE}. "
+                          "Fix: use sae.normalize='dim', or leave those arms out of strategies.arms")
     fit_saes = lambda ds, init=None, progress=False: _fit_saes(cfg, ds, ds[0].windows, stream, scales, d_model, out, special, init, progress, stats)
     for p in points:
         todo = list({d.name: d for run in p.runs for d in run if fresh(d)}.values())
@@ -177,7 +180,9 @@ def train_points(cfg:RunConfig, points:list, stream:TokenStream, scales:dict, d_
             bf = torch.bfloat16 if use_bf16(cfg.train.bf16) else None
             for d in todo:
                 cls = MultiLayerSAE if d.kind == "mlsae" else CrossCoder
-                m = cls(d_model, d.d_sae, d.k, d.layers, [scales[l] for l in d.layers], cfg.sae.aux_k, cfg.sae.aux_coef, bf, _seed(cfg.seed, d.name))
+                m = cls(d_model, d.d_sae, d.k, d.layers, [scales[l] for l in d.layers], cfg.sae.aux_k, cfg.sae.aux_coef, bf, _seed(cfg.seed, d.name),
+                        normalize=cfg.sae.normalize)
+                if stats is not None: m.set_stats_(*stats.sae_stats(d.layers)[:2])   # the study's recipe: each layer's own statistics
                 r = train_shared(m, stream.batches(0, d.windows, cfg.data.batch_size, list(d.layers)), cfg.sae, cfg.train,
                                  cfg.data.batch_size * (cfg.data.context_len - bos), d.name)
                 save_shared(m, out / "saes" / d.name)

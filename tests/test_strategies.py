@@ -205,15 +205,15 @@ def test_errors_are_one_line_naming_the_fix_and_lose_nothing(tiny_strategies, ca
                {k: v for k, v in b.items() if k not in ("config.json", "timings.json")}, w
 
 def test_strategies_with_per_dimension_normalisation(tmp_path):
-    "sae.normalize='dim' (the massive-activations recipe): the SAE arms train with the activations stage's statistics; a transfer SAE keeps its own layer's."
+    "sae.normalize='dim' (the massive-activations recipe): the SAE arms train with the activations stage's statistics; a transfer SAE keeps its own layer's; so do the MLSAE and the crosscoder."
     from groupsae.cli import run_stages
     from groupsae.geometry import LayerStats
     from groupsae.sae import TopKSAE
     torch.set_num_threads(1)
-    cfg = override(get_preset("tiny"), **{"sae.normalize": "dim", "strategies.arms": ["per_layer", "transfer_fwd", "mlsae"]})
+    cfg = override(get_preset("tiny"), **{"sae.normalize": "dim", "strategies.arms": ["per_layer", "transfer_fwd", "mlsae", "crosscoder"]})
     run_stages(cfg, ("activations", "distances", "group", "costs", "train", "strategies"), tmp_path, log=lambda m: None)
     st = load_json(results_dir("tiny", tmp_path) / "strategies.json")
-    assert set(st["arms"]) == {"per_layer", "group_amad", "transfer_fwd", "mlsae"}
+    assert set(st["arms"]) == {"per_layer", "group_amad", "transfer_fwd", "mlsae", "crosscoder"}
     stats = LayerStats.load(runs_dir("tiny", tmp_path) / "dim_stats.safetensors")
     saved = sorted((runs_dir("tiny", tmp_path) / "strategies" / "saes").glob("tfwd-L02-*"))
     assert saved
@@ -221,3 +221,14 @@ def test_strategies_with_per_dimension_normalisation(tmp_path):
     ref = TopKSAE(sae.d_model, sae.d_sae, sae.k, layers=sae.layers, scales=sae.scales, normalize="dim")
     ref.set_stats_(*stats.sae_stats([2])[:2])
     torch.testing.assert_close(sae.x_mean, ref.x_mean); torch.testing.assert_close(sae.x_unit, ref.x_unit)   # layer 2's, not its neighbour's
+    from groupsae.strategy_models import load_dictionary
+    for prefix in ("mlsae", "cc"):   # the shared dictionaries (MLSAE, crosscoder): each layer standardised with its own statistics
+        m = load_dictionary(sorted((runs_dir("tiny", tmp_path) / "strategies" / "saes").glob(f"{prefix}-L*"))[0])
+        assert m.normalize == "dim"
+        mean, std, _ = stats.sae_stats(m.layers)
+        s = torch.tensor(m.scales)[:, None]
+        unit = m.sae.x_unit.view(len(m.layers), -1) / (std * s)     # std·scale times one constant per dictionary (06_sae's 1/d)
+        torch.testing.assert_close(m.sae.x_mean.view(len(m.layers), -1), mean * s)
+        torch.testing.assert_close(unit, torch.full_like(unit, unit[0, 0].item()))
+    for arm in ("mlsae", "crosscoder"):
+        for p in st["arms"][arm]: assert 0 < p["fvu"] < 2, (arm, p["fvu"])
