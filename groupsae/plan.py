@@ -18,7 +18,7 @@ from .train import Trainer, sae_step_flops
 from .distributed import assign_ranks
 from .data import keep_mask, windows_needed
 from .activations import residual_streams
-from .sae import TopKSAE, GRAD_CHUNK
+from .sae import TopKSAE
 
 # %% auto #0
 __all__ = ['GB', 'DTYPE_BYTES', 'PEAK_FLOPS', 'PYTHIA_BOS', 'model_key', 'model_shape', 'synthetic_distances',
@@ -90,7 +90,7 @@ def sae_memory(d_model:int, d_sae:int, k:int,
                n:int, # tokens per training step
                bf16:bool=False) -> dict: # train.bf16
     "GPU bytes of one SAE in training: kept between steps ('states', 'workspace') and during its own step ('transient')."
-    grad = 6 * d_model * d_sae if bf16 else 4 * min(n * k * d_model, GRAD_CHUNK)   # bf16: [d_model, d_sae] product + fp32 copy; fp32: a chunk of [n, k, d_model]
+    grad = 28 * n * k + 4 * d_model * d_sae                        # sparse_grad: the CSR code of the n·k pairs, the fp32 result
     step = n * k * (4 + 8) + 6 * n * d_model * 4                   # top-k values and indices; about six [n, d_model] tensors
     return {"states": 16 * sae_params(d_model, d_sae), "workspace": n * d_sae * (2 if bf16 else 4), "transient": step + grad}
 
@@ -155,7 +155,7 @@ def study_flops(cfg:RunConfig,
     "FLOPs of the model forward (A), of every SAE over train.n_tokens, and of the baseline and Ĝ arms."
     s, n = model_shape(cfg.model.name), cfg.train.n_tokens
     A = _forward_flops(s["model"], n)
-    per = {sp.name: sae_step_flops(n, s["d_model"], sp.d_sae, sp.k, dense_grad=cfg.train.bf16) for sp in specs}
+    per = {sp.name: sae_step_flops(n, s["d_model"], sp.d_sae, sp.k) for sp in specs}
     layout = study_layout(groups_json, s["n_layers"])
     arm = lambda a: A + sum(per[name] for name in set(a.values()))
     return {"A": A, "saes": sum(per.values()), "total": A + sum(per.values()), "per_sae": per,

@@ -36,14 +36,13 @@ def draw_layers(acts:Tensor, # [n_rows, n_tokens, d_model] activations of the tr
     return (x, choice) if with_choice else x
 
 # %% ../nbs/07_train.ipynb #521b8c34
-def sae_step_flops(n:int, d_model:int, d_sae:int, k:int, dense_grad:bool=False, sparse:bool=True) -> int:
-    "FLOPs of one TopKSAE training step on `n` tokens without AuxK (`sparse=False`: the dense products only)."
-    dense = 2 * n * d_model * d_sae * (2 if dense_grad else 1)
-    return dense + (2 * n * k * d_model * (4 if dense_grad else 5) if sparse else 0)
+def sae_step_flops(n:int, d_model:int, d_sae:int, k:int, sparse:bool=True) -> int:
+    "FLOPs of one TopKSAE training step on `n` tokens without AuxK (`sparse=False`: the dense product only)."
+    return 2 * n * d_model * d_sae + (10 * n * k * d_model if sparse else 0)
 
-def auxk_flops(n_dead_tokens:int, k_aux_tokens:int, d_model:int, sparse:bool=True) -> int:
-    "FLOPs of the AuxK term summed over steps: `n_dead_tokens` = Σ n·m (m dead latents), `k_aux_tokens` = Σ n·min(k_aux, m)."
-    return 6 * n_dead_tokens * d_model + (6 * k_aux_tokens * d_model if sparse else 0)
+def auxk_flops(n_dead_tokens:int, d_model:int) -> int:
+    "FLOPs of the AuxK term summed over steps, `n_dead_tokens` = Σ n·m (m dead latents): six dense [n, m, d_model] products."
+    return 12 * n_dead_tokens * d_model
 
 # %% ../nbs/07_train.ipynb #3b7ce317
 class NonFiniteError(FloatingPointError):
@@ -116,7 +115,7 @@ class Trainer:
         self.tokens, self.flops = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
         self.clock, self.fwd_clock = _Clock(n, self.device), _Clock(1, self.device)   # per-SAE steps; the model forward
         self.loss_sum = torch.zeros(n, 3, device=self.device)                          # fvu, auxk, loss since the last log
-        self.aux_tokens = torch.zeros(n, 2, dtype=torch.long, device=self.device)      # Σ n·m and Σ n·min(k_aux, m) for FLOPs
+        self.aux_tokens = torch.zeros(n, 2, dtype=torch.long, device=self.device)      # Σ n·m (FLOPs) and Σ n·min(k_aux, m) (latents AuxK used)
         self.bad_step = torch.full((n,), -1, dtype=torch.long, device=self.device)     # first step with a non-finite loss
         self.bad_input = torch.full((len(self.layers),), -1, dtype=torch.long, device=self.device)
 
@@ -158,7 +157,7 @@ def _train_one(self:Trainer, i:int, spec:SAESpec, x_all:Tensor) -> Tensor:
     if mask is not None:
         m = mask.sum(); self.aux_tokens[i] += torch.stack([m, m.clamp(max=sae.aux_k)]) * n
     self.tokens[spec.name] += n
-    self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k, dense_grad=self.bf16)
+    self.flops[spec.name] += sae_step_flops(n, self.d_model, spec.d_sae, spec.k)
     return torch.stack([out.fvu.detach(), out.auxk_loss.detach(), out.loss.detach()]).float()
 
 @patch
@@ -205,7 +204,7 @@ def accounting(self:Trainer) -> dict:
     wall, last, aux, out = self.clock.read(), self.log(), self.aux_tokens.tolist(), {}
     for i, s in enumerate(self.specs):
         out[s.name] = dict(layers=list(s.layers), d_sae=s.d_sae, k=s.k, tokens=self.tokens[s.name],
-                           flops=self.flops[s.name] + auxk_flops(*aux[i], self.d_model), wall_s=wall[i],
+                           flops=self.flops[s.name] + auxk_flops(aux[i][0], self.d_model), wall_s=wall[i],
                            dead_frac=self.dead[s.name].mask.float().mean().item(), **last.get(s.name, {}),
                            fvu_curve=[[step, fvus[i]] for step, fvus in self.history])
     return out

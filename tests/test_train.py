@@ -145,7 +145,7 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_flops_match_flop_counter(bf16):
-    "FlopCounterMode on one trainer step counts exactly the analytic dense products, AuxK off and on; totals add the sparse ones."
+    "FlopCounterMode on one trainer step counts exactly the analytic dense products (and the CSR ones as dense), AuxK off and on; totals add the sparse ones."
     from torch.utils.flop_counter import FlopCounterMode
     cfg = override(get_preset("tiny"), **{"train.bf16": bf16})
     torch.manual_seed(0)
@@ -158,9 +158,10 @@ def test_flops_match_flop_counter(bf16):
         with FlopCounterMode(display=False) as fc: tr.step(torch.randn(1, n, d))
         m, ka = ((tr.aux_tokens - aux_before)[0] // n).tolist()
         assert (m > 0) == (dead_tokens == 1) and ka == min(m, d // 2)
-        dense = sae_step_flops(n, d, D, k, dense_grad=bf16, sparse=False) + auxk_flops(n * m, n * ka, d, sparse=False)
-        assert fc.get_total_flops() == dense, (bf16, dead_tokens, fc.get_flop_counts())
-        total = sae_step_flops(n, d, D, k, dense_grad=bf16) + auxk_flops(n * m, n * ka, d)
+        csr = 2 * (2 * n * D * d)             # the counter charges each of the two CSR weight-gradient products as dense
+        dense = sae_step_flops(n, d, D, k, sparse=False) + auxk_flops(n * m, d)
+        assert fc.get_total_flops() == dense + csr, (bf16, dead_tokens, fc.get_flop_counts())
+        total = sae_step_flops(n, d, D, k) + auxk_flops(n * m, d)
         assert tr.accounting()["L00"]["flops"] - before == total
 
 def test_wandb_is_optional(monkeypatch):
