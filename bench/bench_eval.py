@@ -13,18 +13,10 @@ way). Prints the profile of one pair (where the time goes), pairs/s and scored p
 difference of ΔCE between versions (current fp32 must equal previous; bf16's bias is printed beside the evaluation's
 95% intervals). Run alone on the machine: .venv/bin/python bench/bench_eval.py [--windows 16] [--layers 0 14 28]
 """
-import argparse, importlib.util, json, subprocess, sys, time, types
-from pathlib import Path
+import argparse, json, time
 import torch
-ROOT = Path(__file__).resolve().parents[1]
+from _common import module_at
 PREV = "649f657"   # the last commit before the chunked head (issue 20)
-
-def load_previous(rev=PREV):
-    "groupsae.evaluate as of `rev`, imported beside the current one (its relative imports resolve in the installed package)."
-    src = subprocess.run(["git", "show", f"{rev}:groupsae/evaluate.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    mod = types.ModuleType("groupsae._evaluate_previous"); mod.__package__ = "groupsae"
-    exec(compile(src, f"evaluate.py@{rev}", "exec"), mod.__dict__)
-    return mod
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +28,7 @@ def main():
     from groupsae.activations import study_inputs
     from groupsae import evaluate as cur
     from groupsae.eval_report import eval_plan
-    prev = load_previous()
+    prev = module_at(PREV, "evaluate")
     cfg = get_preset("smollm2-cpu")
     inp = study_inputs(cfg)
     groups = load_json(results_dir(cfg.preset) / "groups.json")

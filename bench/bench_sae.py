@@ -14,21 +14,10 @@ Run: .venv/bin/python bench/bench_sae.py [--steps 30] [--bf16 auto|on|off]
 """
 import argparse, math, time
 import torch
-import torch.nn.functional as F
 from groupsae.sae import TopKSAE
+from _common import synthetic_batches
 
 D, EXP, K, BATCH = 576, 16, 32, 4096
-
-def synthetic_batches(n_batches, seed=0):
-    "Activations with a sparse-dictionary structure plus noise, norm about 1 (like scaled residual streams)."
-    g = torch.Generator().manual_seed(seed)
-    dirs = F.normalize(torch.randn(4 * D, D, generator=g), dim=1)
-    out = []
-    for _ in range(n_batches):
-        z = (torch.rand(BATCH, 4 * D, generator=g) < 0.01) * torch.rand(BATCH, 4 * D, generator=g)
-        x = z @ dirs + 0.05 * torch.randn(BATCH, D, generator=g) + 0.3 * dirs[0]
-        out.append(x / x.norm(dim=1, keepdim=True).mean())
-    return out
 
 def ours_step(sae, opt, x):
     out = sae(x)
@@ -59,7 +48,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from sparsify import SparseCoder, SparseCoderConfig
-    batches = synthetic_batches(args.steps)
+    batches = synthetic_batches(args.steps, BATCH, D)
     d_sae = D * EXP
     lr = 2e-4 / math.sqrt(d_sae / 2**14)
     ref = TopKSAE(D, d_sae, K, seed=0); ref.init_b_dec_(batches[0][:1024])

@@ -12,32 +12,13 @@ Run alone on the machine: .venv/bin/python bench/bench_step.py [--steps 12]
 To emulate a CPU without native bf16 on one that has it, cap the instruction sets first:
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python bench/bench_step.py
 """
-import argparse, subprocess, time, types
-from pathlib import Path
+import argparse, time
 import torch
 from groupsae.sae import TopKSAE
 from groupsae.config import resolve_bf16
-ROOT = Path(__file__).resolve().parents[1]
+from _common import module_at, synthetic_batches
 PREV = "5a33fce"   # the last commit before the CSR weight gradients (issue 26)
 N, D, D_SAE, K = 2040, 576, 2304, 32
-
-def load_previous(rev=PREV):
-    "groupsae.sae as of `rev`, imported beside the current one (its relative imports resolve in the installed package)."
-    src = subprocess.run(["git", "show", f"{rev}:groupsae/sae.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    mod = types.ModuleType("groupsae._sae_previous"); mod.__package__ = "groupsae"
-    exec(compile(src, f"sae.py@{rev}", "exec"), mod.__dict__)
-    return mod
-
-def batches(n_steps, seed=0):
-    "Batches shaped like scaled residual streams: a shared offset, a few strong directions, noise; mean norm 1."
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.nn.functional.normalize(torch.randn(4 * D, D, generator=g), dim=1)
-    out = []
-    for _ in range(n_steps):
-        z = (torch.rand(N, 4 * D, generator=g) < 0.01) * torch.rand(N, 4 * D, generator=g)
-        x = z @ dirs + 0.05 * torch.randn(N, D, generator=g) + 0.3 * dirs[0]
-        out.append(x / x.norm(dim=1, keepdim=True).mean())
-    return out
 
 def step(sae, opt, x, dead):
     out = sae(x, dead_mask=dead)
@@ -52,7 +33,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     fast, why = resolve_bf16("auto"); print(why)
-    prev, xs = load_previous(), batches(args.steps)
+    prev, xs = module_at(PREV, "sae"), synthetic_batches(args.steps, N, D)
     dead = torch.zeros(D_SAE, dtype=torch.bool); dead[torch.randperm(D_SAE, generator=torch.Generator().manual_seed(1))[:D_SAE // 10]] = True
     dtypes = [("fp32", None)] + ([("bf16", torch.bfloat16)] if fast else [])
     if not fast: print("bf16: skipped (bf16 products are slow on this CPU)")
